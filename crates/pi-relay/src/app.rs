@@ -1,0 +1,200 @@
+//! Startup and shutdown: builds the store, the sandbox provider and the session service from the
+//! configuration, recovers what a previous run left, serves the API, and on SIGINT/SIGTERM
+//! closes clients and stops background work while leaving sandboxes running.
+
+use std::error::Error;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use relay_api::AppState;
+use relay_sandbox::Sandbox;
+use relay_session::{SessionConfig, SessionService};
+use relay_store::Store;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::config::{Resolved, ServeArgs};
+
+type BoxError = Box<dyn Error + Send + Sync>;
+
+/// How long shutdown waits for background work before giving up on it.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// A running relay.
+#[derive(Debug)]
+pub struct Relay {
+    /// Where it listens.
+    pub addr: SocketAddr,
+    sessions: SessionService,
+    cancel: CancellationToken,
+    tasks: TaskTracker,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+fn effective_ids() -> (u32, u32) {
+    #[allow(unsafe_code)]
+    // SAFETY: geteuid/getegid have no preconditions and cannot fail.
+    unsafe {
+        (libc::geteuid(), libc::getegid())
+    }
+}
+
+/// Reads this relay's instance id, creating it on first start.
+fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
+    if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {
+        return Ok(id.to_owned());
+    }
+    let path = data_dir.join("instance-id");
+    if let Ok(id) = std::fs::read_to_string(&path) {
+        let id = id.trim();
+        if !id.is_empty() {
+            return Ok(id.to_owned());
+        }
+    }
+    let id = uuid_like();
+    std::fs::write(&path, format!("{id}\n"))?;
+    Ok(id)
+}
+
+fn uuid_like() -> String {
+    // The hub crate already depends on a clock; an instance id only needs to be unique per host.
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    format!("relay-{:x}-{:x}", nanos, std::process::id())
+}
+
+impl Relay {
+    /// Starts a relay with `sandbox` as its provider, listening as configured.
+    pub async fn start(
+        args: &ServeArgs,
+        dirs: &Resolved,
+        sandbox: Arc<dyn Sandbox>,
+    ) -> Result<Relay, BoxError> {
+        for dir in [&dirs.data_dir, &dirs.config_dir, &dirs.state_dir] {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+        }
+        if let Some(parent) = dirs.db_path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let store = Store::open(&dirs.db_path)?;
+        let (euid, egid) = effective_ids();
+        let root = euid == 0;
+        let cfg = SessionConfig {
+            state_dir: std::fs::canonicalize(&dirs.state_dir)?,
+            default_image: args.sandbox_image.clone(),
+            sandbox_user: if root {
+                (args.sandbox_uid, args.sandbox_gid)
+            } else {
+                (euid, egid)
+            },
+            chown_session_dirs: root,
+            network: args.sandbox_network.clone(),
+            instance_id: instance_id(args, &dirs.data_dir)?,
+            hardened: !args.no_hardening,
+            activate_timeout: Duration::from_secs(args.activate_timeout_secs),
+        };
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let sessions = SessionService::new(store, sandbox, cfg, tasks.clone(), cancel.clone());
+        sessions.ensure_default_environment().await?;
+        match sessions.warm_image(&args.sandbox_image).await {
+            Ok(id) => tracing::info!(image = %args.sandbox_image, id = %id, "sandbox image ready"),
+            Err(e) => {
+                tracing::warn!(image = %args.sandbox_image, error = %e, "sandbox image not available yet; sessions will fail until it is built (images/sandbox-debian/build.sh)")
+            }
+        }
+        sessions.recover().await?;
+        let listener = tokio::net::TcpListener::bind((args.host, args.port))
+            .await
+            .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
+        let addr = listener.local_addr()?;
+        let state = AppState {
+            sessions: sessions.clone(),
+            auth_token: args.auth_token.clone(),
+            commit: std::env::var("GIT_COMMIT")
+                .ok()
+                .map(|c| c.trim().to_owned())
+                .filter(|c| !c.is_empty())
+                .unwrap_or_else(|| "dev".into()),
+        };
+        let stop = cancel.clone();
+        let server = tokio::spawn(relay_api::serve(listener, state, async move {
+            stop.cancelled().await
+        }));
+        tracing::info!(%addr, "pi-relay listening");
+        Ok(Relay {
+            addr,
+            sessions,
+            cancel,
+            tasks,
+            server,
+        })
+    }
+
+    /// The session service.
+    pub fn sessions(&self) -> &SessionService {
+        &self.sessions
+    }
+
+    /// Stops serving, closes clients and background work; sandboxes keep running.
+    pub async fn shutdown(self) {
+        self.sessions.shutdown().await;
+        self.cancel.cancel();
+        self.tasks.close();
+        if tokio::time::timeout(SHUTDOWN_GRACE, self.tasks.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("background work did not stop in time");
+        }
+        match tokio::time::timeout(SHUTDOWN_GRACE, self.server).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Err(_) => tracing::warn!("open connections did not close in time"),
+        }
+    }
+}
+
+async fn signalled() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot watch SIGTERM");
+            let _ = tokio::signal::ctrl_c().await;
+            return;
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}
+
+/// `pi-relay serve`.
+pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
+        .map_err(|e| format!("invalid --log filter {:?}: {e}", args.log))?;
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+    let dirs = args.resolve()?;
+    let docker = relay_docker::DockerSandbox::connect(args.docker_host.as_deref())
+        .await
+        .map_err(|e| {
+            format!(
+                "{e}\nIs the Docker engine running? `bash scripts/docker-up.sh` installs and \
+                 starts one; DOCKER_HOST selects another endpoint."
+            )
+        })?;
+    let relay = Relay::start(&args, &dirs, Arc::new(docker)).await?;
+    signalled().await;
+    tracing::info!("shutting down; sandboxes keep running");
+    relay.shutdown().await;
+    Ok(())
+}

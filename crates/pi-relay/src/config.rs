@@ -1,0 +1,209 @@
+//! Command line and environment: every setting has a flag and an environment variable, with
+//! defaults under the XDG directories. Validated once at startup.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// pi-relay: every pi coding-agent session in its own sandbox container.
+#[derive(Debug, Parser)]
+#[command(name = "pi-relay", version, about)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the relay.
+    Serve(ServeArgs),
+    /// Measure the relay against raw Docker on this machine (see docs/benchmarks.md).
+    Bench(crate::bench::BenchArgs),
+}
+
+/// Settings of `pi-relay serve`.
+#[derive(Clone, Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
+    #[arg(long, env = "PI_RELAY_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+    /// Port to listen on (0 picks a free one).
+    #[arg(long, env = "PI_RELAY_PORT", default_value_t = 31415)]
+    pub port: u16,
+    /// Where the database lives [default: $XDG_DATA_HOME/pi-relay]
+    #[arg(long, env = "PI_RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Relay configuration [default: $XDG_CONFIG_HOME/pi-relay]
+    #[arg(long, env = "PI_RELAY_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// Session workspaces, pi's files and secrets directories [default: $XDG_STATE_HOME/pi-relay]
+    #[arg(long, env = "PI_RELAY_STATE_DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// SQLite database file [default: <data dir>/relay.db]
+    #[arg(long, env = "PI_RELAY_DB_PATH")]
+    pub db_path: Option<PathBuf>,
+    /// Bearer token required on every route but /health (WebSockets may pass ?token=).
+    #[arg(long, env = "PI_RELAY_AUTH_TOKEN", hide_env_values = true)]
+    pub auth_token: Option<String>,
+    /// Allow listening on a non-loopback address without a token.
+    #[arg(long, env = "PI_RELAY_INSECURE")]
+    pub insecure: bool,
+    /// Sandbox image used when a session's environment names none. Never pulled: it must exist
+    /// on the Docker host (images/sandbox-debian/build.sh builds the default).
+    #[arg(
+        long,
+        env = "SANDBOX_DOCKER_IMAGE",
+        default_value = "pi-relay/sandbox-debian:1.5.2"
+    )]
+    pub sandbox_image: String,
+    /// Docker Engine API endpoint (unix:///path, tcp://host:port) [default: local socket]
+    #[arg(long, env = "DOCKER_HOST")]
+    pub docker_host: Option<String>,
+    /// Docker network mode of sandboxes (bridge, none, host, or a network name).
+    #[arg(long, env = "PI_RELAY_SANDBOX_NETWORK", default_value = "bridge")]
+    pub sandbox_network: String,
+    /// uid sandboxes run as when the relay runs as root (otherwise the relay's own uid).
+    #[arg(long, env = "PI_RELAY_SANDBOX_UID", default_value_t = 1000)]
+    pub sandbox_uid: u32,
+    /// gid sandboxes run as when the relay runs as root (otherwise the relay's own gid).
+    #[arg(long, env = "PI_RELAY_SANDBOX_GID", default_value_t = 1000)]
+    pub sandbox_gid: u32,
+    /// Turn off the hardened container flags (cap-drop ALL, no-new-privileges, init), for
+    /// images that need more.
+    #[arg(long, env = "PI_RELAY_NO_HARDENING")]
+    pub no_hardening: bool,
+    /// Id of this relay on the containers it labels [default: kept in <data dir>/instance-id]
+    #[arg(long, env = "PI_RELAY_INSTANCE_ID")]
+    pub instance_id: Option<String>,
+    /// Seconds activate waits for a sandbox being provisioned.
+    #[arg(long, env = "PI_RELAY_ACTIVATE_TIMEOUT_SECS", default_value_t = 60)]
+    pub activate_timeout_secs: u64,
+    /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
+    #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
+    pub log: String,
+}
+
+/// Settings resolved to concrete values.
+#[derive(Clone, Debug)]
+pub struct Resolved {
+    pub data_dir: PathBuf,
+    pub config_dir: PathBuf,
+    pub state_dir: PathBuf,
+    pub db_path: PathBuf,
+}
+
+fn xdg(var: &str, fallback: &str) -> PathBuf {
+    match std::env::var_os(var).filter(|v| !v.is_empty()) {
+        Some(v) => PathBuf::from(v),
+        None => {
+            let home = std::env::var_os("HOME").map_or_else(|| PathBuf::from("/"), PathBuf::from);
+            home.join(fallback)
+        }
+    }
+}
+
+impl ServeArgs {
+    /// Checks combinations and fills in default directories.
+    pub fn resolve(&self) -> Result<Resolved, String> {
+        if !self.host.is_loopback() && self.auth_token.is_none() && !self.insecure {
+            return Err(format!(
+                "refusing to listen on {} without an auth token: anyone who can reach it could \
+                 run code in your sandboxes. Set PI_RELAY_AUTH_TOKEN (or --auth-token), or pass \
+                 --insecure if you really mean it",
+                self.host
+            ));
+        }
+        if self
+            .auth_token
+            .as_deref()
+            .is_some_and(|t| t.trim().is_empty())
+        {
+            return Err("PI_RELAY_AUTH_TOKEN is set but empty".into());
+        }
+        if self.sandbox_uid == 0 || self.sandbox_gid == 0 {
+            return Err(
+                "sandboxes never run as root: --sandbox-uid/--sandbox-gid must not be 0".into(),
+            );
+        }
+        let data_dir = self
+            .data_dir
+            .clone()
+            .unwrap_or_else(|| xdg("XDG_DATA_HOME", ".local/share").join("pi-relay"));
+        let config_dir = self
+            .config_dir
+            .clone()
+            .unwrap_or_else(|| xdg("XDG_CONFIG_HOME", ".config").join("pi-relay"));
+        let state_dir = self
+            .state_dir
+            .clone()
+            .unwrap_or_else(|| xdg("XDG_STATE_HOME", ".local/state").join("pi-relay"));
+        let db_path = self
+            .db_path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("relay.db"));
+        Ok(Resolved {
+            data_dir,
+            config_dir,
+            state_dir,
+            db_path,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> ServeArgs {
+        let mut full = vec!["pi-relay", "serve"];
+        full.extend_from_slice(args);
+        match Cli::parse_from(full).command {
+            Command::Serve(s) => s,
+            Command::Bench(_) => unreachable!(),
+        }
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_port_31415() {
+        let a = parse(&[]);
+        assert_eq!(a.host.to_string(), "127.0.0.1");
+        assert_eq!(a.port, 31415);
+        assert!(a.resolve().is_ok());
+    }
+
+    #[test]
+    fn a_public_address_without_a_token_is_refused_unless_insecure() {
+        assert!(
+            parse(&["--host", "0.0.0.0"])
+                .resolve()
+                .unwrap_err()
+                .contains("auth token")
+        );
+        assert!(
+            parse(&["--host", "0.0.0.0", "--insecure"])
+                .resolve()
+                .is_ok()
+        );
+        assert!(
+            parse(&["--host", "0.0.0.0", "--auth-token", "t"])
+                .resolve()
+                .is_ok()
+        );
+        assert!(parse(&["--host", "::1"]).resolve().is_ok());
+    }
+
+    #[test]
+    fn root_sandboxes_are_refused() {
+        assert!(parse(&["--sandbox-uid", "0"]).resolve().is_err());
+    }
+
+    #[test]
+    fn explicit_dirs_win_over_xdg_defaults() {
+        let r = parse(&["--data-dir", "/d", "--state-dir", "/s"])
+            .resolve()
+            .unwrap();
+        assert_eq!(r.db_path, PathBuf::from("/d/relay.db"));
+        assert_eq!(r.state_dir, PathBuf::from("/s"));
+    }
+}

@@ -1,0 +1,27 @@
+//! The `pi-relay` binary: parses the command line and hands over to [`pi_relay::app`] or the
+//! benchmark.
+
+use clap::Parser;
+use pi_relay::config::{Cli, Command};
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("pi-relay: cannot start the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let result = match cli.command {
+        Command::Serve(args) => runtime.block_on(pi_relay::app::serve(args)),
+        Command::Bench(args) => runtime.block_on(pi_relay::bench::run(args)),
+    };
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pi-relay: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

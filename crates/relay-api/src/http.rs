@@ -1,0 +1,183 @@
+//! Cross-cutting HTTP behaviour: permissive CORS as the pi-apps clients need it, request ids,
+//! bearer-token access control, and the plain-text 404 for unknown routes.
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use subtle::ConstantTimeEq;
+
+use crate::AppState;
+
+const ALLOW_METHODS: &str = "GET, HEAD, PUT, POST, DELETE, PATCH";
+
+/// Answers CORS preflights with 204 and marks every response as readable from any origin.
+pub(crate) async fn cors(req: Request, next: Next) -> Response {
+    if req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        let mut res = StatusCode::NO_CONTENT.into_response();
+        let h = res.headers_mut();
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_ORIGIN,
+            HeaderValue::from_static("*"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(ALLOW_METHODS),
+        );
+        if let Some(v) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, v.clone());
+        }
+        h.insert(
+            header::VARY,
+            HeaderValue::from_static("Access-Control-Request-Headers"),
+        );
+        return res;
+    }
+    let mut res = next.run(req).await;
+    res.headers_mut().insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    res
+}
+
+/// Echoes a valid incoming `X-Request-Id` or makes one up.
+pub(crate) async fn request_id(req: Request, next: Next) -> Response {
+    let id = req
+        .headers()
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| {
+            !v.is_empty()
+                && v.len() <= 255
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_-=".contains(&b))
+        })
+        .map(str::to_owned)
+        .unwrap_or_else(|| uuid::Uuid::new_v4().to_string());
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&id) {
+        res.headers_mut().insert("x-request-id", v);
+    }
+    res
+}
+
+/// With a token configured, every route but `/health` (and CORS preflights) needs it:
+/// `Authorization: Bearer <token>`, or `?token=` on WebSocket routes, which browsers cannot
+/// give headers.
+pub(crate) async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let Some(expected) = state.auth_token.as_deref() else {
+        return next.run(req).await;
+    };
+    if req.uri().path() == "/health" || req.method() == Method::OPTIONS {
+        return next.run(req).await;
+    }
+    let presented = bearer(req.headers()).or_else(|| {
+        req.uri()
+            .path()
+            .starts_with("/ws/")
+            .then(|| query_token(req.uri().query()))
+            .flatten()
+    });
+    let ok = presented.is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
+    if ok {
+        return next.run(req).await;
+    }
+    let mut res = crate::envelope::error(StatusCode::UNAUTHORIZED, "Unauthorized");
+    res.headers_mut()
+        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+    res
+}
+
+fn bearer(h: &HeaderMap) -> Option<String> {
+    let v = h.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then(|| token.trim().to_owned())
+}
+
+fn query_token(q: Option<&str>) -> Option<String> {
+    q?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        (k == "token").then(|| percent_decode(v))
+    })
+}
+
+/// Decodes `%XX` escapes and `+` (tokens are usually plain, but a client may encode them).
+pub(crate) fn percent_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
+                (Some(h), Some(l)) => {
+                    out.push(h << 4 | l);
+                    i += 3;
+                    continue;
+                }
+                _ => out.push(b'%'),
+            },
+            b'+' => out.push(b' '),
+            c => out.push(c),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn hex(c: u8) -> Option<u8> {
+    (c as char).to_digit(16).map(|d| d as u8)
+}
+
+/// Unknown routes: a plain-text 404, as the pi-apps relay answers.
+pub(crate) async fn not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
+        Body::from("404 Not Found"),
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percent_escapes_decode() {
+        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
+        assert_eq!(percent_decode("abc%"), "abc%");
+        assert_eq!(percent_decode("%zz"), "%zz");
+        assert_eq!(percent_decode("%é1"), "%é1");
+    }
+
+    #[test]
+    fn the_token_is_found_among_query_parameters() {
+        assert_eq!(
+            query_token(Some("clientId=x&token=s3cr%3Dt")),
+            Some("s3cr=t".into())
+        );
+        assert_eq!(query_token(Some("clientId=x")), None);
+        assert_eq!(query_token(None), None);
+    }
+
+    #[test]
+    fn bearer_scheme_is_case_insensitive() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::AUTHORIZATION,
+            HeaderValue::from_static("bearer abc"),
+        );
+        assert_eq!(bearer(&h), Some("abc".into()));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Basic abc"));
+        assert_eq!(bearer(&h), None);
+    }
+}

@@ -1,0 +1,84 @@
+//! The HTTP and WebSocket API of pi-relay: the pi-apps relay protocol's routes, its envelope,
+//! status codes and error strings, permissive CORS, and optional bearer-token access control.
+//! Only this crate knows axum; handlers parse, call the session service, and shape the answer.
+
+mod envelope;
+mod error;
+mod http;
+mod sessions;
+mod ws;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use relay_session::SessionService;
+use serde_json::json;
+
+pub use error::ApiError;
+pub use ws::MAX_CLIENT_MESSAGE;
+
+/// Everything handlers need.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    /// The session service.
+    pub sessions: SessionService,
+    /// Required bearer token, if any.
+    pub auth_token: Option<String>,
+    /// Build commit shown by `/health` (`GIT_COMMIT`, else `dev`).
+    pub commit: String,
+}
+
+/// The relay's version as `/health` reports it.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// The whole application.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/api", get(api_index))
+        .route("/ws/sessions/{id}", get(ws::upgrade))
+        .merge(sessions::router())
+        .fallback(http::not_found)
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            http::auth,
+        ))
+        .layer(axum::middleware::from_fn(http::cors))
+        .layer(axum::middleware::from_fn(http::request_id))
+        .with_state(state)
+}
+
+async fn health(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    axum::Json(json!({"ok": true, "version": VERSION, "commit": state.commit})).into_response()
+}
+
+async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    axum::Json(json!({
+        "name": "pi-relay",
+        "version": VERSION,
+        "commit": state.commit,
+        "endpoints": {
+            "health": "GET /health",
+            "sessions": "GET /api/sessions",
+            "session": "GET /api/sessions/:id",
+            "githubToken": "GET|POST|DELETE /api/github/token",
+            "githubRepos": "GET /api/github/repos",
+            "settings": "GET|PUT /api/settings",
+            "rpc": "WS /rpc (not yet implemented)",
+        },
+    }))
+    .into_response()
+}
+
+/// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

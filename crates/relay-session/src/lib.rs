@@ -1,0 +1,177 @@
+//! The session domain: what a session is, its lifecycle, and [`SessionService`], which drives
+//! the store, the sandbox provider and the hubs to create, activate, connect to, archive and
+//! delete sessions. It knows neither HTTP nor SQL nor Docker.
+
+pub mod layout;
+mod observer;
+mod service;
+pub mod state;
+pub mod title;
+
+use std::path::PathBuf;
+
+pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
+pub use relay_store::EventRow;
+pub use service::SessionService;
+pub use state::{Mode, SessionStatus};
+
+/// Settings of the session layer, taken from the relay's configuration.
+#[derive(Clone, Debug)]
+pub struct SessionConfig {
+    /// `<stateDir>`: session directories and secrets directories live here.
+    pub state_dir: PathBuf,
+    /// Image used when a session's environment names none.
+    pub default_image: String,
+    /// uid:gid sandboxes run as.
+    pub sandbox_user: (u32, u32),
+    /// Whether the relay runs as root and must hand session directories to the sandbox user.
+    pub chown_session_dirs: bool,
+    /// Docker network mode for sandboxes.
+    pub network: String,
+    /// Identifies this relay on the containers it creates.
+    pub instance_id: String,
+    /// Hardened container flags (cap-drop ALL, no-new-privileges, init).
+    pub hardened: bool,
+    /// How long activate waits for provisioning.
+    pub activate_timeout: std::time::Duration,
+}
+
+/// A session as clients see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Session {
+    pub id: String,
+    pub mode: String,
+    pub status: String,
+    pub sandbox_provider: Option<String>,
+    pub sandbox_provider_id: Option<String>,
+    pub environment_id: Option<String>,
+    pub sandbox_image_digest: Option<String>,
+    pub repo_id: Option<String>,
+    pub repo_path: Option<String>,
+    pub branch_name: Option<String>,
+    pub branch_creation_deferred: bool,
+    pub name: Option<String>,
+    pub first_user_message: Option<String>,
+    pub current_model_provider: Option<String>,
+    pub current_model_id: Option<String>,
+    pub system_prompt: Option<String>,
+    pub extensions_stale: bool,
+    pub created_at: String,
+    pub last_activity_at: String,
+}
+
+impl From<relay_store::SessionRow> for Session {
+    fn from(r: relay_store::SessionRow) -> Session {
+        Session {
+            id: r.id,
+            mode: r.mode,
+            status: r.status,
+            sandbox_provider: r.sandbox_provider,
+            sandbox_provider_id: r.sandbox_provider_id,
+            environment_id: r.environment_id,
+            sandbox_image_digest: r.sandbox_image_digest,
+            repo_id: r.repo_id,
+            repo_path: r.repo_path,
+            branch_name: r.branch_name,
+            branch_creation_deferred: r.branch_creation_deferred,
+            name: r.name,
+            first_user_message: r.first_user_message,
+            current_model_provider: r.current_model_provider,
+            current_model_id: r.current_model_id,
+            system_prompt: r.system_prompt,
+            extensions_stale: r.extensions_stale,
+            created_at: r.created_at,
+            last_activity_at: r.last_activity_at,
+        }
+    }
+}
+
+/// What creating a session needs.
+#[derive(Clone, Debug)]
+pub struct NewSessionRequest {
+    pub mode: Mode,
+    pub repo_id: Option<String>,
+    pub environment_id: Option<String>,
+    pub model_provider: Option<String>,
+    pub model_id: Option<String>,
+    pub session_name: Option<String>,
+    pub first_prompt: Option<String>,
+    pub system_prompt: Option<String>,
+}
+
+/// The answer to a successful activate.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Activation {
+    pub session_id: String,
+    pub last_seq: u64,
+    pub sandbox_status: String,
+}
+
+/// A page of the journal.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventPage {
+    pub events: Vec<EventRow>,
+    pub last_seq: u64,
+}
+
+/// A session's sandbox as the runtime reports it now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SandboxView {
+    pub provider: Option<String>,
+    pub provider_id: Option<String>,
+    /// `creating|running|paused|stopped|error`
+    pub status: String,
+    pub image_digest: Option<String>,
+    /// Whether the provider can be reached (capabilities are only reported then).
+    pub available: bool,
+}
+
+/// Errors of the session layer.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No such session.
+    #[error("Session not found")]
+    NotFound,
+    /// No such environment.
+    #[error("Environment not found")]
+    EnvironmentNotFound,
+    /// No environment given and none is the default.
+    #[error("No environment specified and no default configured")]
+    NoDefaultEnvironment,
+    /// The session is archived.
+    #[error("Session has been archived")]
+    Archived,
+    /// The session is in `error`.
+    #[error("Session is in error state")]
+    InErrorState,
+    /// Provisioning failed while activate waited.
+    #[error("Sandbox provisioning failed")]
+    ProvisioningFailed,
+    /// Provisioning did not finish in time.
+    #[error("Timed out waiting for sandbox to provision")]
+    ActivateTimeout,
+    /// The sandbox could not be resumed or started.
+    #[error("Sandbox unavailable: {0}")]
+    SandboxUnavailable(String),
+    /// A request the relay does not support.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] relay_store::StoreError),
+    /// The sandbox provider failed.
+    #[error(transparent)]
+    Sandbox(#[from] relay_sandbox::SandboxError),
+    /// Host file system work failed.
+    #[error("session files: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Why a WebSocket may not connect, with the protocol's close code and reason.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectRefused {
+    /// 4003 or 4004.
+    pub code: u16,
+    /// The close reason.
+    pub reason: &'static str,
+}

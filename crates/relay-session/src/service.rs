@@ -1,0 +1,866 @@
+//! [`SessionService`]: creates sessions and provisions their sandboxes in the background,
+//! activates (resumes or restarts) them, connects clients to their hubs, and archives or
+//! deletes them with everything they own. The engine is the source of truth for containers:
+//! every decision about a sandbox is taken on a fresh inspect, never on a cached status.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use relay_hub::{ClientConn, Hubs};
+use relay_sandbox::{
+    LABEL_INSTANCE, LABEL_SESSION, Limits, Mount, Sandbox, SandboxError, SandboxId, SandboxSpec,
+    SandboxStatus,
+};
+use relay_store::{EnvironmentRow, NewSession, SessionSandbox, Store};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::layout::SessionLayout;
+use crate::observer::SessionObserver;
+use crate::state::{Mode, SessionStatus};
+use crate::{
+    Activation, ConnectRefused, EventPage, NewSessionRequest, SandboxView, Session, SessionConfig,
+    SessionError,
+};
+
+/// Journal lines deleted per step when a session is deleted.
+const DELETE_CHUNK: usize = 2000;
+/// Most events one `GET …/events` page returns.
+pub const MAX_EVENTS_PAGE: usize = 10_000;
+/// Grace given to pi to exit on SIGTERM before the container is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The service; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct SessionService {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+pub(crate) struct Inner {
+    store: Store,
+    sandbox: Arc<dyn Sandbox>,
+    hubs: Arc<Hubs>,
+    cfg: SessionConfig,
+    /// Bumped on every status change, so activate can wait without polling.
+    changes: watch::Sender<u64>,
+    /// One lifecycle operation per session at a time.
+    locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Image reference → image id, so nothing is resolved or pulled on the hot path.
+    images: Mutex<HashMap<String, String>>,
+    tasks: TaskTracker,
+    cancel: CancellationToken,
+}
+
+/// Resource tier → limits. `medium` is the default.
+fn limits_for(tier: Option<&str>) -> Limits {
+    const GIB: i64 = 1024 * 1024 * 1024;
+    let (mem, cpus) = match tier {
+        Some("small") => (GIB, 1),
+        Some("large") => (4 * GIB, 4),
+        _ => (2 * GIB, 2),
+    };
+    Limits {
+        memory_bytes: Some(mem),
+        nano_cpus: Some(cpus * 1_000_000_000),
+        // Counts threads too: pi alone has about a dozen.
+        pids: Some(512),
+    }
+}
+
+/// The parts of an environment's JSON config the session layer uses.
+#[derive(Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnvConfig {
+    image: Option<String>,
+    resource_tier: Option<String>,
+    network_mode: Option<String>,
+    #[serde(default)]
+    env_vars: Vec<EnvVar>,
+}
+
+#[derive(Debug, serde::Deserialize)]
+struct EnvVar {
+    key: String,
+    value: String,
+}
+
+impl SessionService {
+    /// A service over `store` and `sandbox`. Background work (provisioning, hub readers,
+    /// deletions) runs on `tasks` and stops with `cancel`.
+    pub fn new(
+        store: Store,
+        sandbox: Arc<dyn Sandbox>,
+        cfg: SessionConfig,
+        tasks: TaskTracker,
+        cancel: CancellationToken,
+    ) -> SessionService {
+        let observer = Arc::new(SessionObserver {
+            store: store.clone(),
+            service: std::sync::OnceLock::new(),
+        });
+        let hubs = Arc::new(Hubs::new(store.clone(), observer.clone(), cancel.clone()));
+        let inner = Arc::new(Inner {
+            store,
+            sandbox,
+            hubs,
+            cfg,
+            changes: watch::channel(0).0,
+            locks: Mutex::default(),
+            images: Mutex::default(),
+            tasks,
+            cancel,
+        });
+        let _ = observer.service.set(Arc::downgrade(&inner));
+        SessionService { inner }
+    }
+
+    /// The hub registry.
+    pub fn hubs(&self) -> &Arc<Hubs> {
+        &self.inner.hubs
+    }
+
+    /// The sandbox provider.
+    pub fn sandbox(&self) -> &Arc<dyn Sandbox> {
+        &self.inner.sandbox
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &SessionConfig {
+        &self.inner.cfg
+    }
+
+    /// Makes sure a default environment exists (a Docker one using the configured image).
+    pub async fn ensure_default_environment(&self) -> Result<(), SessionError> {
+        let store = &self.inner.store;
+        if store.environment_count().await? > 0 {
+            return Ok(());
+        }
+        let now = relay_hub::timestamp();
+        store
+            .insert_environment(EnvironmentRow {
+                id: uuid::Uuid::new_v4().to_string(),
+                name: "Default".into(),
+                sandbox_type: "docker".into(),
+                // No image: sessions use the relay's configured image (SANDBOX_DOCKER_IMAGE).
+                config: "{}".into(),
+                is_default: true,
+                created_at: now.clone(),
+                updated_at: now,
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Creates a session and starts provisioning its sandbox in the background.
+    pub async fn create(&self, req: NewSessionRequest) -> Result<Session, SessionError> {
+        let inner = &self.inner;
+        let env = match &req.environment_id {
+            Some(id) => inner
+                .store
+                .environment(id)
+                .await?
+                .ok_or(SessionError::EnvironmentNotFound)?,
+            None => inner
+                .store
+                .default_environment()
+                .await?
+                .ok_or(SessionError::NoDefaultEnvironment)?,
+        };
+        if req.mode == Mode::Code {
+            return Err(SessionError::Unsupported(
+                "Code sessions need a repository clone, which this relay does not support yet; \
+                 create a chat session"
+                    .into(),
+            ));
+        }
+        let name = req
+            .session_name
+            .as_deref()
+            .map(str::trim)
+            .filter(|n| !n.is_empty())
+            .map(str::to_owned)
+            .unwrap_or_else(|| crate::title::session_title(req.first_prompt.as_deref(), req.mode));
+        let id = uuid::Uuid::new_v4().to_string();
+        inner
+            .store
+            .insert_session(NewSession {
+                id: id.clone(),
+                mode: req.mode.as_str().into(),
+                repo_id: req.repo_id.clone(),
+                name: Some(name),
+                model_provider: req.model_provider.clone(),
+                model_id: req.model_id.clone(),
+                system_prompt: req.system_prompt.clone(),
+                sandbox_provider: Some(inner.sandbox.kind().into()),
+                environment_id: Some(env.id.clone()),
+                first_user_message: req
+                    .first_prompt
+                    .as_deref()
+                    .map(str::trim)
+                    .filter(|p| !p.is_empty())
+                    .map(str::to_owned),
+                created_at: relay_hub::timestamp(),
+            })
+            .await?;
+        let session = self.get(&id).await?;
+        let task_inner = inner.clone();
+        inner.tasks.spawn(async move {
+            let lock = task_inner.lock(&id);
+            let _guard = lock.lock().await;
+            provision(&task_inner, &id, &env).await;
+        });
+        Ok(session)
+    }
+
+    /// One session.
+    pub async fn get(&self, id: &str) -> Result<Session, SessionError> {
+        self.inner
+            .store
+            .session(id)
+            .await?
+            .map(Session::from)
+            .ok_or(SessionError::NotFound)
+    }
+
+    /// Sessions, most recently active first, optionally only those with the given statuses.
+    pub async fn list(&self, statuses: Option<Vec<String>>) -> Result<Vec<Session>, SessionError> {
+        Ok(self
+            .inner
+            .store
+            .sessions(statuses)
+            .await?
+            .into_iter()
+            .map(Session::from)
+            .collect())
+    }
+
+    /// Makes a session usable: waits for provisioning, resumes a paused sandbox, restarts an
+    /// exited one, and re-attaches its hub.
+    pub async fn activate(&self, id: &str, client_id: &str) -> Result<Activation, SessionError> {
+        let inner = &self.inner;
+        inner.hubs.set_activator(id, client_id).await;
+        let mut changes = inner.changes.subscribe();
+        let deadline = tokio::time::Instant::now() + inner.cfg.activate_timeout;
+        loop {
+            let row = inner
+                .store
+                .session(id)
+                .await?
+                .ok_or(SessionError::NotFound)?;
+            let status: SessionStatus = row
+                .status
+                .parse()
+                .map_err(|_| SessionError::Unsupported(format!("unknown status {}", row.status)))?;
+            match status {
+                SessionStatus::Archived => return Err(SessionError::Archived),
+                SessionStatus::Error => {
+                    return Err(SessionError::InErrorState);
+                }
+                SessionStatus::Active | SessionStatus::Idle => {
+                    if let Some(cid) = row.sandbox_provider_id {
+                        return self.resume(id, &SandboxId(cid), status).await;
+                    }
+                }
+                SessionStatus::Creating => {}
+            }
+            // Wait for the next status change, or time out.
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => return Err(SessionError::ActivateTimeout),
+                Err(_) => return Err(SessionError::ActivateTimeout),
+            }
+            // A session that failed while we waited reports the provisioning failure.
+            if let Some(r) = inner.store.session(id).await?
+                && r.status == "error"
+            {
+                return Err(SessionError::ProvisioningFailed);
+            }
+        }
+    }
+
+    async fn resume(
+        &self,
+        id: &str,
+        cid: &SandboxId,
+        status: SessionStatus,
+    ) -> Result<Activation, SessionError> {
+        let inner = &self.inner;
+        let lock = inner.lock(id);
+        let _guard = lock.lock().await;
+        let unavailable = |e: SandboxError| SessionError::SandboxUnavailable(e.to_string());
+        let info = inner.sandbox.inspect(cid).await.map_err(unavailable)?;
+        match info.status {
+            SandboxStatus::Running => inner.ensure_attached(id, cid).await.map_err(unavailable)?,
+            SandboxStatus::Paused => {
+                inner.ensure_attached(id, cid).await.map_err(unavailable)?;
+                inner.sandbox.unpause(cid).await.map_err(unavailable)?;
+            }
+            SandboxStatus::Created | SandboxStatus::Exited => {
+                // Attach first so nothing pi prints at start is missed; `--session-id` makes
+                // the restarted pi continue the same conversation.
+                let hub = inner.hubs.get_or_create(id).await?;
+                let io = inner.sandbox.attach(cid).await.map_err(unavailable)?;
+                hub.attach(io).await;
+                hub.log("relay: sandbox restarted".into());
+                inner.sandbox.start(cid).await.map_err(unavailable)?;
+            }
+        }
+        if status != SessionStatus::Active {
+            inner
+                .store
+                .set_status(id, "active", None, &relay_hub::timestamp())
+                .await?;
+            inner.changed();
+        }
+        let hub = inner.hubs.get_or_create(id).await?;
+        let seq = hub.status().await.seq;
+        // Clients page `GET /events` up to lastSeq: make sure those lines are committed.
+        inner.store.barrier().await?;
+        Ok(Activation {
+            session_id: id.to_owned(),
+            last_seq: seq,
+            sandbox_status: "running".into(),
+        })
+    }
+
+    /// A page of the journal: events with `seq > after`, at most `limit`.
+    pub async fn events(
+        &self,
+        id: &str,
+        after: u64,
+        limit: usize,
+    ) -> Result<EventPage, SessionError> {
+        self.inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        let limit = limit.clamp(1, MAX_EVENTS_PAGE);
+        let events = self.inner.store.events(id, after, u64::MAX, limit).await?;
+        let last_seq = events.last().map_or(after, |e| e.seq);
+        Ok(EventPage { events, last_seq })
+    }
+
+    /// The session's sandbox as the runtime reports it now.
+    pub async fn sandbox_view(&self, id: &str) -> Result<SandboxView, SessionError> {
+        let row = self
+            .inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        let Some(cid) = row.sandbox_provider_id.clone() else {
+            return Ok(SandboxView {
+                provider: row.sandbox_provider,
+                provider_id: None,
+                status: "stopped".into(),
+                image_digest: None,
+                available: false,
+            });
+        };
+        let (status, available) = match self.inner.sandbox.inspect(&SandboxId(cid.clone())).await {
+            Ok(info) => (info.status.as_protocol_str().to_owned(), true),
+            Err(SandboxError::Unavailable(_)) => ("error".to_owned(), false),
+            Err(_) => ("error".to_owned(), true),
+        };
+        Ok(SandboxView {
+            provider: row.sandbox_provider,
+            provider_id: Some(cid),
+            status,
+            image_digest: row.sandbox_image_digest,
+            available,
+        })
+    }
+
+    /// Recent stderr lines of the session's sandbox and relay notes about it.
+    pub async fn logs(&self, id: &str) -> Result<Vec<String>, SessionError> {
+        self.inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        Ok(self
+            .inner
+            .hubs
+            .get(id)
+            .map(|h| h.logs())
+            .unwrap_or_default())
+    }
+
+    /// Connects a WebSocket client to the session's hub.
+    pub async fn connect(&self, id: &str, client_id: &str) -> Result<ClientConn, ConnectRefused> {
+        let inner = &self.inner;
+        let refused = |code, reason| ConnectRefused { code, reason };
+        let row = match inner.store.session(id).await {
+            Ok(Some(r)) if r.status != "archived" => r,
+            Ok(_) => return Err(refused(4004, "Session not found")),
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                return Err(refused(4003, "Failed to attach to sandbox"));
+            }
+        };
+        if row.status != "active" {
+            return Err(refused(
+                4003,
+                "Session not active \u{2014} call activate first",
+            ));
+        }
+        let Some(cid) = row.sandbox_provider_id else {
+            return Err(refused(4003, "Sandbox not provisioned"));
+        };
+        let attached = async {
+            inner.ensure_attached(id, &SandboxId(cid)).await?;
+            inner
+                .hubs
+                .get_or_create(id)
+                .await
+                .map_err(|e| SandboxError::Runtime(e.to_string()))
+        }
+        .await;
+        match attached {
+            Ok(hub) => Ok(hub.connect(client_id).await),
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "attach failed");
+                Err(refused(4003, "Failed to attach to sandbox"))
+            }
+        }
+    }
+
+    /// Records a client's capabilities (applied when it connects, or now if it is connected).
+    pub async fn set_capabilities(
+        &self,
+        id: &str,
+        client_id: &str,
+        extension_ui: bool,
+    ) -> Result<(), SessionError> {
+        self.inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        self.inner
+            .hubs
+            .set_extension_ui(id, client_id, extension_ui)
+            .await;
+        Ok(())
+    }
+
+    /// Archives a session: its sandbox and secrets go, its journal and workspace stay.
+    pub async fn archive(&self, id: &str) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        let lock = inner.lock(id);
+        let _guard = lock.lock().await;
+        let row = inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        if row.status == "archived" {
+            return Ok(());
+        }
+        inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
+        inner.hubs.remove(id, 4004, "Session archived").await;
+        let layout = SessionLayout::new(&inner.cfg.state_dir, id);
+        tokio::task::spawn_blocking(move || layout.remove_secrets())
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        inner
+            .store
+            .set_status(id, "archived", None, &relay_hub::timestamp())
+            .await?;
+        inner.changed();
+        Ok(())
+    }
+
+    /// Deletes a session and everything it owns. The journal is removed in the background, in
+    /// small steps, so a long one never holds up other requests.
+    pub async fn delete(&self, id: &str) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        let lock = inner.lock(id);
+        let _guard = lock.lock().await;
+        let row = inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
+        inner.hubs.remove(id, 4004, "Session not found").await;
+        inner.store.delete_session(id).await?;
+        inner.changed();
+        let layout = SessionLayout::new(&inner.cfg.state_dir, id);
+        tokio::task::spawn_blocking(move || layout.remove_all())
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        inner
+            .locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(id);
+        let store = inner.store.clone();
+        let id = id.to_owned();
+        inner
+            .tasks
+            .spawn(async move { purge_events(&store, &id).await });
+        Ok(())
+    }
+
+    /// Startup work: removes journals of deleted sessions, fails sessions stuck in `creating`,
+    /// and re-attaches the hubs of running sandboxes so pi's output is journaled again.
+    pub async fn recover(&self) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        for id in inner.store.orphaned_event_sessions().await? {
+            let store = inner.store.clone();
+            inner
+                .tasks
+                .spawn(async move { purge_events(&store, &id).await });
+        }
+        for row in inner.store.sessions(None).await? {
+            match row.status.as_str() {
+                "creating" => {
+                    if let Some(cid) = &row.sandbox_provider_id {
+                        let _ = inner.sandbox.remove(&SandboxId(cid.clone())).await;
+                    }
+                    let _ = inner
+                        .sandbox
+                        .remove(&SandboxId(container_name(&row.id)))
+                        .await;
+                    inner
+                        .store
+                        .set_status(
+                            &row.id,
+                            "error",
+                            Some("the relay stopped while the sandbox was being created".into()),
+                            &relay_hub::timestamp(),
+                        )
+                        .await?;
+                }
+                "active" | "idle" => {
+                    let Some(cid) = row.sandbox_provider_id else {
+                        continue;
+                    };
+                    let cid = SandboxId(cid);
+                    match inner.sandbox.inspect(&cid).await {
+                        Ok(info)
+                            if matches!(
+                                info.status,
+                                SandboxStatus::Running | SandboxStatus::Paused
+                            ) =>
+                        {
+                            if let Err(e) = inner.ensure_attached(&row.id, &cid).await {
+                                tracing::warn!(session = %row.id, error = %e, "cannot re-attach");
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) => tracing::warn!(session = %row.id, error = %e, "sandbox missing"),
+                    }
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes every client (sandboxes keep running) when the relay stops.
+    pub async fn shutdown(&self) {
+        for hub in self.inner.hubs.all() {
+            hub.close(1001, "Relay shutting down").await;
+        }
+    }
+
+    /// Resolves an image reference to its id now, so the first session does not pay for it.
+    pub async fn warm_image(&self, image: &str) -> Result<String, SessionError> {
+        Ok(self.inner.image_id(image).await?)
+    }
+
+    /// The cancellation token background work stops on.
+    pub fn cancel_token(&self) -> &CancellationToken {
+        &self.inner.cancel
+    }
+}
+
+impl Inner {
+    fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
+        self.locks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(id.to_owned())
+            .or_default()
+            .clone()
+    }
+
+    fn changed(&self) {
+        self.changes.send_modify(|v| *v += 1);
+    }
+
+    async fn image_id(&self, image: &str) -> Result<String, SandboxError> {
+        if let Some(id) = self
+            .images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image)
+        {
+            return Ok(id.clone());
+        }
+        let id = self.sandbox.resolve_image(image).await?;
+        self.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_owned(), id.clone());
+        Ok(id)
+    }
+
+    fn forget_image(&self, image: &str) {
+        self.images
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(image);
+    }
+
+    /// Attaches the session's hub to its running sandbox unless it is attached already.
+    async fn ensure_attached(&self, id: &str, cid: &SandboxId) -> Result<(), SandboxError> {
+        let hub = self
+            .hubs
+            .get_or_create(id)
+            .await
+            .map_err(|e| SandboxError::Runtime(e.to_string()))?;
+        if hub.status().await.attached {
+            return Ok(());
+        }
+        let info = self.sandbox.inspect(cid).await?;
+        if !matches!(info.status, SandboxStatus::Running | SandboxStatus::Paused) {
+            return Err(SandboxError::InvalidState(format!(
+                "sandbox is {}",
+                info.status.as_protocol_str()
+            )));
+        }
+        let io = self.sandbox.attach(cid).await?;
+        hub.attach(io).await;
+        Ok(())
+    }
+
+    /// Stops and removes a session's sandbox (errors are logged: the container may be gone).
+    async fn teardown(&self, id: &str, cid: Option<&str>) {
+        let ids = cid
+            .map(|c| SandboxId(c.to_owned()))
+            .into_iter()
+            .chain(std::iter::once(SandboxId(container_name(id))));
+        for cid in ids {
+            match self.sandbox.stop(&cid, STOP_GRACE).await {
+                Ok(()) | Err(SandboxError::NotFound(_)) => {}
+                Err(e) => tracing::warn!(session = %id, error = %e, "stop failed"),
+            }
+            if let Err(e) = self.sandbox.remove(&cid).await {
+                tracing::warn!(session = %id, error = %e, "remove failed");
+            }
+        }
+    }
+
+    fn spec(
+        &self,
+        id: &str,
+        env: &EnvConfig,
+        image_id: String,
+        layout: &SessionLayout,
+    ) -> SandboxSpec {
+        let (uid, gid) = self.cfg.sandbox_user;
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let mut envs = vec![
+            ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
+            ("HOME".to_owned(), "/home/user".to_owned()),
+            ("PI_SESSION_ID".to_owned(), id.to_owned()),
+        ];
+        envs.extend(
+            env.env_vars
+                .iter()
+                .map(|v| (v.key.clone(), v.value.clone())),
+        );
+        SandboxSpec {
+            name: container_name(id),
+            image: image_id,
+            command: vec![
+                "pi".into(),
+                "--mode".into(),
+                "rpc".into(),
+                "--session-id".into(),
+                id.into(),
+            ],
+            env: envs,
+            user: (uid, gid),
+            working_dir: "/workspace".into(),
+            mounts: vec![
+                Mount {
+                    host: path(&layout.workspace),
+                    target: "/workspace".into(),
+                    read_only: false,
+                },
+                Mount {
+                    host: path(&layout.agent),
+                    target: "/data/agent".into(),
+                    read_only: false,
+                },
+                Mount {
+                    host: path(&layout.secrets),
+                    target: "/run/secrets".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("passwd")),
+                    target: "/etc/passwd".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("group")),
+                    target: "/etc/group".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("fixuid.ran")),
+                    target: "/var/run/fixuid.ran".into(),
+                    read_only: true,
+                },
+            ],
+            // $HOME must be writable whatever uid the sandbox runs as.
+            tmpfs: vec![(
+                "/home/user".into(),
+                format!("uid={uid},gid={gid},mode=0700,exec,size=268435456"),
+            )],
+            labels: BTreeMap::from([
+                (LABEL_SESSION.to_owned(), id.to_owned()),
+                (LABEL_INSTANCE.to_owned(), self.cfg.instance_id.clone()),
+            ]),
+            network: env
+                .network_mode
+                .clone()
+                .unwrap_or_else(|| self.cfg.network.clone()),
+            limits: limits_for(env.resource_tier.as_deref()),
+            hardened: self.cfg.hardened,
+        }
+    }
+}
+
+/// `pi-sandbox-<sessionId>`
+pub fn container_name(id: &str) -> String {
+    format!("pi-sandbox-{id}")
+}
+
+async fn provision(inner: &Arc<Inner>, id: &str, env: &EnvironmentRow) {
+    match try_provision(inner, id, env).await {
+        Ok(()) => {}
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "provisioning failed");
+            if let Some(hub) = inner.hubs.get(id) {
+                hub.log(format!("relay: provisioning failed: {e}"));
+            }
+            inner.teardown(id, None).await;
+            if let Err(e) = inner
+                .store
+                .set_status(id, "error", Some(e.to_string()), &relay_hub::timestamp())
+                .await
+            {
+                tracing::error!(session = %id, error = %e, "cannot mark session failed");
+            }
+        }
+    }
+    inner.changed();
+}
+
+async fn try_provision(
+    inner: &Arc<Inner>,
+    id: &str,
+    env: &EnvironmentRow,
+) -> Result<(), SessionError> {
+    let env_cfg: EnvConfig = serde_json::from_str(&env.config).unwrap_or_default();
+    let image = env_cfg
+        .image
+        .clone()
+        .unwrap_or_else(|| inner.cfg.default_image.clone());
+    let layout = SessionLayout::new(&inner.cfg.state_dir, id);
+    let (uid, gid) = inner.cfg.sandbox_user;
+    let chown = inner.cfg.chown_session_dirs;
+    let prepared = layout.clone();
+    tokio::task::spawn_blocking(move || prepared.prepare(uid, gid, chown))
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+    let image_id = inner.image_id(&image).await?;
+    let spec = inner.spec(id, &env_cfg, image_id, &layout);
+    let cid = match inner.sandbox.create(&spec).await {
+        Ok(cid) => cid,
+        Err(SandboxError::Conflict(_)) => {
+            // Left over from an earlier attempt: the name is ours, remove it and try again.
+            inner.sandbox.remove(&SandboxId(spec.name.clone())).await?;
+            inner.sandbox.create(&spec).await?
+        }
+        Err(SandboxError::ImageNotFound(m)) => {
+            inner.forget_image(&image);
+            return Err(SandboxError::ImageNotFound(m).into());
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let hub = inner.hubs.get_or_create(id).await?;
+    let io = inner.sandbox.attach(&cid).await?;
+    hub.attach(io).await;
+    inner.sandbox.start(&cid).await?;
+    let info = inner.sandbox.inspect(&cid).await?;
+    if info.status != SandboxStatus::Running {
+        return Err(SessionError::SandboxUnavailable(format!(
+            "container is {} right after start (exit code {})",
+            info.status.as_protocol_str(),
+            info.exit_code.map_or("unknown".into(), |c| c.to_string())
+        )));
+    }
+    let updated = inner
+        .store
+        .set_sandbox(
+            id,
+            SessionSandbox {
+                provider: Some(inner.sandbox.kind().into()),
+                provider_id: Some(cid.0.clone()),
+                image_digest: Some(info.image_id.clone()),
+            },
+            "active",
+            &relay_hub::timestamp(),
+        )
+        .await?;
+    if !updated {
+        // Deleted while we were creating it: leave nothing behind.
+        inner.teardown(id, Some(cid.as_str())).await;
+    }
+    Ok(())
+}
+
+/// Called when a hub's output ends: records why in the session's log.
+pub(crate) async fn note_exit(inner: Arc<Inner>, id: &str) {
+    let Ok(Some(row)) = inner.store.session(id).await else {
+        return;
+    };
+    let Some(cid) = row.sandbox_provider_id else {
+        return;
+    };
+    let Some(hub) = inner.hubs.get(id) else {
+        return;
+    };
+    match inner.sandbox.inspect(&SandboxId(cid)).await {
+        Ok(info) if info.status == SandboxStatus::Exited => {
+            let code = info.exit_code.map_or("unknown".into(), |c| c.to_string());
+            hub.log(format!("relay: pi exited with code {code}"));
+        }
+        Ok(_) => {}
+        Err(e) => hub.log(format!("relay: sandbox gone: {e}")),
+    }
+}
+
+async fn purge_events(store: &Store, id: &str) {
+    loop {
+        match store.delete_events_chunk(id, DELETE_CHUNK).await {
+            Ok(0) => return,
+            Ok(_) => tokio::task::yield_now().await,
+            Err(e) => {
+                tracing::warn!(session = %id, error = %e, "cannot delete journal");
+                return;
+            }
+        }
+    }
+}

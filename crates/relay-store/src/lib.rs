@@ -1,0 +1,513 @@
+//! The relay's SQLite store: sessions, environments and the event journal.
+//!
+//! One writer thread owns the only write connection; every write, from a session status change
+//! to a journal line, goes through it in order, so per-session sequence numbers never race and
+//! journal lines are committed in batches. Reads use a small pool of separate connections (WAL
+//! lets them proceed while the writer commits). Only this crate knows SQL.
+
+mod migrations;
+mod rows;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use rusqlite::{Connection, OptionalExtension, params};
+use tokio::sync::{mpsc, oneshot};
+
+pub use rows::{EnvironmentRow, EventRow, JournalEntry, NewSession, SessionRow, SessionSandbox};
+use writer::{Job, WriteOp};
+
+/// How many journal lines or jobs the writer commits in one transaction at most.
+const MAX_BATCH: usize = 4096;
+/// Queue length between producers and the writer thread. A full queue slows producers down
+/// (and, through them, pi's stdout) instead of growing memory without bound.
+const WRITE_QUEUE: usize = 16 * 1024;
+
+/// Errors of the store.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite reported an error.
+    #[error("database error: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The transaction holding this write failed to commit.
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    /// The writer thread has stopped (the store is closing).
+    #[error("database writer has stopped")]
+    Closed,
+    /// The database file could not be opened or prepared.
+    #[error("cannot open database {path}: {source}")]
+    Open {
+        /// The database path.
+        path: PathBuf,
+        /// The cause.
+        source: rusqlite::Error,
+    },
+    /// A row violates a uniqueness or reference constraint.
+    #[error("constraint violated: {0}")]
+    Constraint(String),
+    /// A background task failed.
+    #[error("database task failed: {0}")]
+    Task(String),
+}
+
+/// Handle to the store; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    path: PathBuf,
+    writer: mpsc::Sender<WriteOp>,
+    readers: Mutex<Vec<Connection>>,
+}
+
+fn open_connection(path: &Path) -> Result<Connection, StoreError> {
+    let open = |source| StoreError::Open {
+        path: path.to_path_buf(),
+        source,
+    };
+    let conn = Connection::open(path).map_err(open)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))
+        .map_err(open)?;
+    // WAL lets readers run while the writer commits; NORMAL skips the fsync per commit (a power
+    // loss can drop the last commits, never corrupt the file).
+    conn.pragma_update(None, "journal_mode", "WAL")
+        .map_err(open)?;
+    conn.pragma_update(None, "synchronous", "NORMAL")
+        .map_err(open)?;
+    conn.pragma_update(None, "foreign_keys", "ON")
+        .map_err(open)?;
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
+    /// the writer thread.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let mut conn = open_connection(path)?;
+        migrations::apply(&mut conn)?;
+        let (tx, rx) = mpsc::channel(WRITE_QUEUE);
+        std::thread::Builder::new()
+            .name("store-writer".into())
+            .spawn(move || writer::run(conn, rx))
+            .map_err(|e| StoreError::Task(e.to_string()))?;
+        Ok(Store {
+            inner: Arc::new(Inner {
+                path: path.to_path_buf(),
+                writer: tx,
+                readers: Mutex::new(Vec::new()),
+            }),
+        })
+    }
+
+    /// Path of the database file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Runs `f` inside the writer's current transaction and returns its result once committed.
+    async fn write<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let job: Job = Box::new(move |tx| {
+            let result = f(tx);
+            let ok = result.is_ok();
+            let done: writer::Completion = Box::new(move |commit| {
+                let _ = reply.send(match commit {
+                    Ok(()) => result,
+                    Err(e) => Err(StoreError::Commit(e.to_string())),
+                });
+            });
+            (ok, done)
+        });
+        self.inner
+            .writer
+            .send(WriteOp::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Runs a read on a pooled connection off the async runtime.
+    async fn read<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
+    {
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let pooled = inner.readers.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let conn = match pooled {
+                Some(c) => c,
+                None => open_connection(&inner.path)?,
+            };
+            let result = f(&conn);
+            if let Ok(mut pool) = inner.readers.lock()
+                && pool.len() < 8
+            {
+                pool.push(conn);
+            }
+            result
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
+    }
+
+    /// Queues one journal line. Returns once the writer has accepted it (not yet committed);
+    /// waits when the writer is behind.
+    pub async fn append(&self, entry: JournalEntry) -> Result<(), StoreError> {
+        self.inner
+            .writer
+            .send(WriteOp::Append(entry))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Queues several journal lines at once, in order; cheaper than one [`Store::append`] each.
+    pub async fn append_batch(&self, entries: Vec<JournalEntry>) -> Result<(), StoreError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.inner
+            .writer
+            .send(WriteOp::AppendBatch(entries))
+            .await
+            .map_err(|_| StoreError::Closed)
+    }
+
+    /// Resolves once everything queued before this call is committed.
+    pub async fn barrier(&self) -> Result<(), StoreError> {
+        let (tx, rx) = oneshot::channel();
+        self.inner
+            .writer
+            .send(WriteOp::Barrier(tx))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    // ---- sessions ----
+
+    /// Inserts a new session row.
+    pub async fn insert_session(&self, s: NewSession) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            tx.execute(
+                "INSERT INTO sessions (id, mode, status, repo_id, branch_name, name, \
+                 current_model_provider, current_model_id, system_prompt, sandbox_provider, \
+                 environment_id, first_user_message, created_at, last_activity_at) \
+                 VALUES (?1, ?2, 'creating', ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
+                params![
+                    s.id,
+                    s.mode,
+                    s.repo_id,
+                    s.name,
+                    s.model_provider,
+                    s.model_id,
+                    s.system_prompt,
+                    s.sandbox_provider,
+                    s.environment_id,
+                    s.first_user_message,
+                    s.created_at
+                ],
+            )
+            .map_err(constraint)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets a session's status (and the reason, for `error`). Returns false if the row is gone.
+    pub async fn set_status(
+        &self,
+        id: &str,
+        status: &str,
+        reason: Option<String>,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let (id, status, now) = (id.to_owned(), status.to_owned(), now.to_owned());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE sessions SET status = ?2, status_reason = ?3, last_activity_at = ?4 \
+                 WHERE id = ?1",
+                params![id, status, reason, now],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Records a session's sandbox and moves it to `status`. Returns false if the row is gone.
+    pub async fn set_sandbox(
+        &self,
+        id: &str,
+        sandbox: SessionSandbox,
+        status: &str,
+        now: &str,
+    ) -> Result<bool, StoreError> {
+        let (id, status, now) = (id.to_owned(), status.to_owned(), now.to_owned());
+        self.write(move |tx| {
+            let n = tx.execute(
+                "UPDATE sessions SET sandbox_provider = ?2, sandbox_provider_id = ?3, \
+                 sandbox_image_digest = ?4, status = ?5, status_reason = NULL, \
+                 last_activity_at = ?6 WHERE id = ?1",
+                params![
+                    id,
+                    sandbox.provider,
+                    sandbox.provider_id,
+                    sandbox.image_digest,
+                    status,
+                    now
+                ],
+            )?;
+            Ok(n > 0)
+        })
+        .await
+    }
+
+    /// Bumps `last_activity_at`.
+    pub async fn touch_session(&self, id: &str, now: &str) -> Result<(), StoreError> {
+        let (id, now) = (id.to_owned(), now.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET last_activity_at = ?2 WHERE id = ?1",
+                params![id, now],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sets `first_user_message` if it is still empty.
+    pub async fn set_first_user_message(&self, id: &str, text: &str) -> Result<(), StoreError> {
+        let (id, text) = (id.to_owned(), text.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET first_user_message = ?2 \
+                 WHERE id = ?1 AND first_user_message IS NULL",
+                params![id, text],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Renames a session.
+    pub async fn set_session_name(&self, id: &str, name: &str) -> Result<(), StoreError> {
+        let (id, name) = (id.to_owned(), name.to_owned());
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET name = ?2 WHERE id = ?1",
+                params![id, name],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Deletes a session row (its events are removed separately, in chunks, by
+    /// [`Store::delete_events_chunk`]). Returns false if there was no such row.
+    pub async fn delete_session(&self, id: &str) -> Result<bool, StoreError> {
+        let id = id.to_owned();
+        self.write(move |tx| Ok(tx.execute("DELETE FROM sessions WHERE id = ?1", [id])? > 0))
+            .await
+    }
+
+    /// Deletes up to `limit` events of a session; returns how many were deleted. Deleting in
+    /// small chunks keeps the single writer responsive for everyone else.
+    pub async fn delete_events_chunk(&self, id: &str, limit: usize) -> Result<usize, StoreError> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            Ok(tx.execute(
+                "DELETE FROM events WHERE rowid IN \
+                 (SELECT rowid FROM events WHERE session_id = ?1 LIMIT ?2)",
+                params![id, limit as i64],
+            )?)
+        })
+        .await
+    }
+
+    /// Ids of sessions that have journal lines but no session row (left by an interrupted
+    /// delete).
+    pub async fn orphaned_event_sessions(&self) -> Result<Vec<String>, StoreError> {
+        self.read(|c| {
+            let mut st = c.prepare(
+                "SELECT DISTINCT e.session_id FROM events e \
+                 LEFT JOIN sessions s ON s.id = e.session_id WHERE s.id IS NULL",
+            )?;
+            let ids = st
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<String>, _>>()?;
+            Ok(ids)
+        })
+        .await
+    }
+
+    /// One session.
+    pub async fn session(&self, id: &str) -> Result<Option<SessionRow>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("{} WHERE s.id = ?1", rows::SESSION_SELECT),
+                [id],
+                rows::session_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Sessions ordered by last activity, newest first; optionally only those in `statuses`.
+    pub async fn sessions(
+        &self,
+        statuses: Option<Vec<String>>,
+    ) -> Result<Vec<SessionRow>, StoreError> {
+        self.read(move |c| {
+            let mut st = c.prepare_cached(&format!(
+                "{} ORDER BY s.last_activity_at DESC, s.created_at DESC",
+                rows::SESSION_SELECT
+            ))?;
+            let all = st
+                .query_map([], rows::session_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(match statuses {
+                Some(wanted) => all
+                    .into_iter()
+                    .filter(|s| wanted.iter().any(|w| *w == s.status))
+                    .collect(),
+                None => all,
+            })
+        })
+        .await
+    }
+
+    // ---- environments ----
+
+    /// Inserts an environment row.
+    pub async fn insert_environment(&self, env: EnvironmentRow) -> Result<(), StoreError> {
+        self.write(move |tx| {
+            if env.is_default {
+                tx.execute("UPDATE environments SET is_default = 0", [])?;
+            }
+            tx.execute(
+                "INSERT INTO environments (id, name, sandbox_type, config, is_default, \
+                 created_at, updated_at) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    env.id,
+                    env.name,
+                    env.sandbox_type,
+                    env.config,
+                    env.is_default,
+                    env.created_at,
+                    env.updated_at
+                ],
+            )
+            .map_err(constraint)?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// One environment.
+    pub async fn environment(&self, id: &str) -> Result<Option<EnvironmentRow>, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("{} WHERE id = ?1", rows::ENV_SELECT),
+                [id],
+                rows::environment_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// The default environment, if any.
+    pub async fn default_environment(&self) -> Result<Option<EnvironmentRow>, StoreError> {
+        self.read(move |c| {
+            Ok(c.query_row(
+                &format!("{} WHERE is_default = 1 LIMIT 1", rows::ENV_SELECT),
+                [],
+                rows::environment_from_row,
+            )
+            .optional()?)
+        })
+        .await
+    }
+
+    /// Number of environments.
+    pub async fn environment_count(&self) -> Result<u64, StoreError> {
+        self.read(|c| {
+            let n: i64 = c.query_row("SELECT COUNT(*) FROM environments", [], |r| r.get(0))?;
+            Ok(n as u64)
+        })
+        .await
+    }
+
+    // ---- journal ----
+
+    /// Highest journaled sequence number of a session (0 when none).
+    pub async fn max_seq(&self, session_id: &str) -> Result<u64, StoreError> {
+        let id = session_id.to_owned();
+        self.read(move |c| {
+            let v: i64 = c.query_row(
+                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?1",
+                [id],
+                |r| r.get(0),
+            )?;
+            Ok(v as u64)
+        })
+        .await
+    }
+
+    /// Events with `after < seq <= upto`, ascending, at most `limit`.
+    pub async fn events(
+        &self,
+        session_id: &str,
+        after: u64,
+        upto: u64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        let id = session_id.to_owned();
+        self.read(move |c| {
+            let mut st = c.prepare_cached(
+                "SELECT seq, type, payload, created_at FROM events \
+                 WHERE session_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+            )?;
+            let upto = i64::try_from(upto).unwrap_or(i64::MAX);
+            let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+            let rows = st
+                .query_map(params![id, after as i64, upto, limit], |r| {
+                    Ok(EventRow {
+                        seq: r.get::<_, i64>(0)? as u64,
+                        ty: r.get(1)?,
+                        payload: r.get(2)?,
+                        created_at: r.get(3)?,
+                    })
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok(rows)
+        })
+        .await
+    }
+}
+
+fn constraint(e: rusqlite::Error) -> StoreError {
+    match e {
+        rusqlite::Error::SqliteFailure(f, msg)
+            if f.code == rusqlite::ErrorCode::ConstraintViolation =>
+        {
+            StoreError::Constraint(msg.unwrap_or_else(|| f.to_string()))
+        }
+        other => StoreError::Sqlite(other),
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,36 @@
+//! Schema migrations, embedded in the binary and applied in order at open. The applied version
+//! is SQLite's `user_version`; each migration runs in its own transaction.
+
+use rusqlite::Connection;
+
+use crate::StoreError;
+
+/// The migrations, oldest first. Never edit one that has shipped; add a new one.
+const MIGRATIONS: &[(&str, &str)] = &[(
+    "0001_initial",
+    include_str!("../migrations/0001_initial.sql"),
+)];
+
+/// Applies every migration newer than the database's `user_version`.
+pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {
+    let current: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    for (index, (name, sql)) in MIGRATIONS.iter().enumerate() {
+        let version = index as i64 + 1;
+        if version <= current {
+            continue;
+        }
+        let tx = conn.transaction()?;
+        tx.execute_batch(sql)?;
+        tx.pragma_update(None, "user_version", version)?;
+        tx.commit()?;
+        tracing::info!(migration = name, "applied database migration");
+    }
+    if current > MIGRATIONS.len() as i64 {
+        tracing::warn!(
+            current,
+            known = MIGRATIONS.len(),
+            "database was written by a newer pi-relay"
+        );
+    }
+    Ok(())
+}

@@ -1,0 +1,132 @@
+//! Row types exchanged with the store and their mapping from SQL rows.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+
+/// A session as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SessionRow {
+    pub id: String,
+    pub mode: String,
+    pub status: String,
+    /// Why the session is in `error` (never shown to clients verbatim in the session object).
+    pub status_reason: Option<String>,
+    pub sandbox_provider: Option<String>,
+    pub sandbox_provider_id: Option<String>,
+    pub environment_id: Option<String>,
+    pub sandbox_image_digest: Option<String>,
+    pub repo_id: Option<String>,
+    pub repo_path: Option<String>,
+    pub branch_name: Option<String>,
+    pub branch_creation_deferred: bool,
+    pub name: Option<String>,
+    pub first_user_message: Option<String>,
+    pub current_model_provider: Option<String>,
+    pub current_model_id: Option<String>,
+    pub system_prompt: Option<String>,
+    pub extensions_stale: bool,
+    pub created_at: String,
+    pub last_activity_at: String,
+}
+
+/// What a new session row needs.
+#[derive(Clone, Debug, Default)]
+pub struct NewSession {
+    pub id: String,
+    pub mode: String,
+    pub repo_id: Option<String>,
+    pub name: Option<String>,
+    pub model_provider: Option<String>,
+    pub model_id: Option<String>,
+    pub system_prompt: Option<String>,
+    pub sandbox_provider: Option<String>,
+    pub environment_id: Option<String>,
+    pub first_user_message: Option<String>,
+    pub created_at: String,
+}
+
+/// The sandbox a session runs in.
+#[derive(Clone, Debug, Default)]
+pub struct SessionSandbox {
+    pub provider: Option<String>,
+    pub provider_id: Option<String>,
+    pub image_digest: Option<String>,
+}
+
+/// An environment row; `config` is a JSON object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EnvironmentRow {
+    pub id: String,
+    pub name: String,
+    pub sandbox_type: String,
+    pub config: String,
+    pub is_default: bool,
+    pub created_at: String,
+    pub updated_at: String,
+}
+
+/// One journal line to write. `payload` is the JSON text exactly as pi printed it.
+#[derive(Clone, Debug)]
+pub struct JournalEntry {
+    pub session_id: Arc<str>,
+    pub seq: u64,
+    pub ty: Box<str>,
+    pub payload: Bytes,
+    pub created_at: Arc<str>,
+}
+
+/// One journal line as read back.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventRow {
+    pub seq: u64,
+    pub ty: String,
+    pub payload: String,
+    pub created_at: String,
+}
+
+pub(crate) const SESSION_SELECT: &str = "SELECT s.id, s.mode, s.status, s.status_reason, \
+    s.sandbox_provider, s.sandbox_provider_id, s.environment_id, s.sandbox_image_digest, \
+    s.repo_id, s.repo_path, s.branch_name, s.branch_creation_deferred, s.name, \
+    s.first_user_message, s.current_model_provider, s.current_model_id, s.system_prompt, \
+    s.extensions_stale, s.created_at, s.last_activity_at FROM sessions s";
+
+pub(crate) fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
+    Ok(SessionRow {
+        id: r.get(0)?,
+        mode: r.get(1)?,
+        status: r.get(2)?,
+        status_reason: r.get(3)?,
+        sandbox_provider: r.get(4)?,
+        sandbox_provider_id: r.get(5)?,
+        environment_id: r.get(6)?,
+        sandbox_image_digest: r.get(7)?,
+        repo_id: r.get(8)?,
+        repo_path: r.get(9)?,
+        branch_name: r.get(10)?,
+        branch_creation_deferred: r.get(11)?,
+        name: r.get(12)?,
+        first_user_message: r.get(13)?,
+        current_model_provider: r.get(14)?,
+        current_model_id: r.get(15)?,
+        system_prompt: r.get(16)?,
+        extensions_stale: r.get(17)?,
+        created_at: r.get(18)?,
+        last_activity_at: r.get(19)?,
+    })
+}
+
+pub(crate) const ENV_SELECT: &str = "SELECT id, name, sandbox_type, config, is_default, \
+    created_at, updated_at FROM environments";
+
+pub(crate) fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<EnvironmentRow> {
+    Ok(EnvironmentRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        sandbox_type: r.get(2)?,
+        config: r.get(3)?,
+        is_default: r.get(4)?,
+        created_at: r.get(5)?,
+        updated_at: r.get(6)?,
+    })
+}

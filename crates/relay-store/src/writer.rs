@@ -1,0 +1,98 @@
+//! The writer thread: owns the only write connection and commits queued work in batches.
+
+use rusqlite::{Connection, params};
+use tokio::sync::{mpsc, oneshot};
+
+use crate::{JournalEntry, MAX_BATCH, StoreError};
+
+/// Called after the transaction holding a job commits (or fails to).
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+/// A unit of work run inside the writer's transaction; returns whether it succeeded (a failed
+/// job's changes are rolled back to its savepoint) and its completion.
+pub(crate) type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> (bool, Completion) + Send>;
+
+pub(crate) enum WriteOp {
+    Append(JournalEntry),
+    AppendBatch(Vec<JournalEntry>),
+    Job(Job),
+    Barrier(oneshot::Sender<()>),
+}
+
+pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        commit_batch(&mut conn, &mut batch);
+    }
+    tracing::debug!("store writer stopped");
+}
+
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+    let mut completions: Vec<Completion> = Vec::new();
+    let mut barriers = Vec::new();
+    let result = (|| -> Result<(), StoreError> {
+        let tx = conn.transaction()?;
+        for op in batch.drain(..) {
+            match op {
+                WriteOp::Append(e) => append(&tx, &e),
+                WriteOp::AppendBatch(entries) => entries.iter().for_each(|e| append(&tx, e)),
+                WriteOp::Barrier(b) => barriers.push(b),
+                WriteOp::Job(job) => {
+                    tx.execute_batch("SAVEPOINT job")?;
+                    let (ok, done) = job(&tx);
+                    if ok {
+                        tx.execute_batch("RELEASE job")?;
+                    } else {
+                        tx.execute_batch("ROLLBACK TO job; RELEASE job")?;
+                    }
+                    completions.push(done);
+                }
+            }
+        }
+        tx.commit()?;
+        Ok(())
+    })();
+    batch.clear();
+    if let Err(e) = &result {
+        tracing::error!(error = %e, "store batch failed to commit");
+    }
+    for done in completions {
+        done(result.as_ref().map(|_| ()));
+    }
+    for b in barriers {
+        let _ = b.send(());
+    }
+}
+
+fn append(tx: &rusqlite::Transaction<'_>, e: &JournalEntry) {
+    let payload = match std::str::from_utf8(&e.payload) {
+        Ok(p) => p,
+        Err(_) => {
+            tracing::error!(session = %e.session_id, seq = e.seq, "journal payload is not UTF-8; dropped");
+            return;
+        }
+    };
+    let res = tx
+        .prepare_cached(
+            "INSERT INTO events (session_id, seq, type, payload, created_at) \
+             VALUES (?1, ?2, ?3, ?4, ?5)",
+        )
+        .and_then(|mut st| {
+            st.execute(params![
+                &*e.session_id,
+                e.seq as i64,
+                &*e.ty,
+                payload,
+                &*e.created_at
+            ])
+        });
+    if let Err(err) = res {
+        tracing::error!(session = %e.session_id, seq = e.seq, error = %err, "journal append failed");
+    }
+}

@@ -1,0 +1,40 @@
+//! Test support for pi-relay: a mock LLM that lets the real pi coding agent run a tool-using turn
+//! without a network or a model.
+//!
+//! [`MockLlm`] serves the OpenAI chat-completions streaming API (server-sent events) on
+//! `127.0.0.1`, following the recipe in `shared/reference/pi-rpc.md` §4. The first turn of a
+//! conversation answers with a `bash` tool call running [`Script::tool_command`]; once pi sends the
+//! tool result back, the mock answers with [`Script::final_text`] and pi settles.
+//! [`write_pi_agent_config`] writes the `models.json` and `settings.json` that point pi at it.
+//!
+//! ```no_run
+//! # async fn demo(agent_dir: &std::path::Path) -> std::io::Result<()> {
+//! use relay_testkit::{MockLlm, Script, write_pi_agent_config};
+//!
+//! let llm = MockLlm::start(Script {
+//!     tool_command: "echo hi > /workspace/hello.txt".into(),
+//!     final_text: "Done.".into(),
+//! })
+//! .await?;
+//! write_pi_agent_config(agent_dir, &llm.base_url())?;
+//! // ... run pi with PI_CODING_AGENT_DIR=agent_dir (and `--network host` in Docker) ...
+//! assert_eq!(llm.requests().len(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Layout:
+//! - `server`: [`MockLlm`], the accept loop and request routing.
+//! - `http`: the small HTTP/1.1 request parser (Content-Length and chunked bodies).
+//! - `completion`: [`Script`], the choice between the tool-call turn and the final-text turn, and
+//!   the chunk JSON for each.
+//! - `agent_config`: [`write_pi_agent_config`].
+
+mod agent_config;
+mod completion;
+mod http;
+mod server;
+
+pub use agent_config::{MODEL_ID, PROVIDER_ID, write_pi_agent_config};
+pub use completion::Script;
+pub use server::MockLlm;
