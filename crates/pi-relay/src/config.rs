@@ -17,7 +17,7 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure the relay against raw Docker on this machine (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
 }
@@ -159,7 +159,7 @@ mod tests {
         let mut full = vec!["pi-relay", "serve"];
         full.extend_from_slice(args);
         match Cli::parse_from(full).command {
-            Command::Serve(s) => s,
+            Command::Serve(s) => *s,
             Command::Bench(_) => unreachable!(),
         }
     }

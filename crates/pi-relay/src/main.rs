@@ -14,7 +14,7 @@ fn main() -> std::process::ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Serve(args) => runtime.block_on(pi_relay::app::serve(args)),
+        Command::Serve(args) => runtime.block_on(pi_relay::app::serve(*args)),
         Command::Bench(args) => runtime.block_on(pi_relay::bench::run(args)),
     };
     match result {

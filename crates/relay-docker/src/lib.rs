@@ -125,13 +125,29 @@ impl DockerSandbox {
     }
 }
 
+/// Whether an engine error message says the container is in the wrong state for the request.
+/// Some engines (20.10) answer such requests with a plain 500, e.g. "Container <id> is not
+/// paused" for an unpause of a running container.
+fn is_state_message(message: &str) -> bool {
+    [
+        "is not paused",
+        "is not running",
+        "is already paused",
+        "is paused",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
+}
+
 fn map_err(e: BollardError, what: &str) -> SandboxError {
     match e {
         BollardError::DockerResponseServerError {
             status_code: 404,
             message,
         } => {
-            if message.contains("image") {
+            // Match the engine's wording, not just the word: "No such container: <name>"
+            // echoes the name, which may well contain "image".
+            if message.to_ascii_lowercase().starts_with("no such image") {
                 SandboxError::ImageNotFound(message)
             } else {
                 SandboxError::NotFound(format!("{what}: {message}"))
@@ -146,6 +162,9 @@ fn map_err(e: BollardError, what: &str) -> SandboxError {
             } else {
                 SandboxError::InvalidState(message)
             }
+        }
+        BollardError::DockerResponseServerError { message, .. } if is_state_message(&message) => {
+            SandboxError::InvalidState(message)
         }
         BollardError::DockerResponseServerError { message, .. } => {
             SandboxError::Runtime(format!("{what}: {message}"))

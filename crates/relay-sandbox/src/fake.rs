@@ -56,6 +56,19 @@ pub struct FakeSandbox {
     inner: Arc<Mutex<State>>,
 }
 
+impl State {
+    /// Like Docker, a sandbox can be named by its id or its name.
+    fn key(&self, id: &SandboxId) -> Option<String> {
+        if self.containers.contains_key(id.as_str()) {
+            return Some(id.0.clone());
+        }
+        self.containers
+            .iter()
+            .find(|(_, c)| c.spec.name == id.0)
+            .map(|(k, _)| k.clone())
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     next_id: u64,
@@ -96,7 +109,9 @@ impl FakeSandbox {
     /// Simulates the process dying from outside (like `docker kill`), with exit code `code`.
     pub fn kill(&self, id: &SandboxId, code: i64) {
         let mut state = self.lock();
-        if let Some(c) = state.containers.get_mut(id.as_str()) {
+        if let Some(key) = state.key(id)
+            && let Some(c) = state.containers.get_mut(&key)
+        {
             terminate(c, code);
         }
     }
@@ -118,9 +133,12 @@ impl FakeSandbox {
         f: impl FnOnce(&mut Container) -> Result<R, SandboxError>,
     ) -> Result<R, SandboxError> {
         let mut state = self.lock();
+        let key = state
+            .key(id)
+            .ok_or_else(|| SandboxError::NotFound(id.0.clone()))?;
         let c = state
             .containers
-            .get_mut(id.as_str())
+            .get_mut(&key)
             .ok_or_else(|| SandboxError::NotFound(id.0.clone()))?;
         f(c)
     }
@@ -309,6 +327,13 @@ impl Sandbox for FakeSandbox {
                 return Err(SandboxError::InvalidState("container has exited".into()));
             }
             *c.attachment.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            let status = c.status.borrow().0;
+            if c.stdin_rx.is_none() && status == SandboxStatus::Exited {
+                // Attached before a restart: the next process reads a fresh stdin.
+                let (tx, rx) = mpsc::unbounded_channel();
+                c.stdin_tx = tx;
+                c.stdin_rx = Some(rx);
+            }
             Ok(c.stdin_tx.clone())
         })?;
         let output = tokio_stream_from(rx);
@@ -366,14 +391,19 @@ impl Sandbox for FakeSandbox {
 
     async fn remove(&self, id: &SandboxId) -> Result<(), SandboxError> {
         let mut state = self.lock();
-        if let Some(mut c) = state.containers.remove(id.as_str()) {
+        let key = state.key(id);
+        if let Some(mut c) = key.and_then(|k| state.containers.remove(&k)) {
             terminate(&mut c, 137);
         }
         Ok(())
     }
 
     async fn inspect(&self, id: &SandboxId) -> Result<SandboxInfo, SandboxError> {
-        self.with(id, |c| Ok(info(&id.0, c)))
+        let state = self.lock();
+        let key = state
+            .key(id)
+            .ok_or_else(|| SandboxError::NotFound(id.0.clone()))?;
+        Ok(info(&key, &state.containers[&key]))
     }
 
     async fn list(&self, labels: &[(String, String)]) -> Result<Vec<SandboxInfo>, SandboxError> {

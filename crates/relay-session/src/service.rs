@@ -751,7 +751,7 @@ async fn provision(inner: &Arc<Inner>, id: &str, env: &EnvironmentRow) {
         Ok(()) => {}
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "provisioning failed");
-            if let Some(hub) = inner.hubs.get(id) {
+            if let Ok(hub) = inner.hubs.get_or_create(id).await {
                 hub.log(format!("relay: provisioning failed: {e}"));
             }
             inner.teardown(id, None).await;

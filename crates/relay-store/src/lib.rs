@@ -379,7 +379,7 @@ impl Store {
             Ok(match statuses {
                 Some(wanted) => all
                     .into_iter()
-                    .filter(|s| wanted.iter().any(|w| *w == s.status))
+                    .filter(|s| wanted.contains(&s.status))
                     .collect(),
                 None => all,
             })

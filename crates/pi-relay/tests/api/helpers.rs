@@ -1,0 +1,254 @@
+//! `spawn_app()` and typed helpers for talking to a test relay.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Parser;
+use futures_util::{SinkExt, StreamExt};
+use pi_relay::app::Relay;
+use pi_relay::config::{Cli, Command, ServeArgs};
+use relay_sandbox::fake::FakeSandbox;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+pub struct TestApp {
+    pub relay: Option<Relay>,
+    pub base: String,
+    pub ws_base: String,
+    pub http: reqwest::Client,
+    pub fake: FakeSandbox,
+    pub token: Option<String>,
+    pub dir: tempfile::TempDir,
+}
+
+pub fn args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
+    let data = dir.join("data");
+    let state = dir.join("state");
+    let config = dir.join("config");
+    let mut argv: Vec<String> = vec![
+        "pi-relay".into(),
+        "serve".into(),
+        "--port".into(),
+        "0".into(),
+    ];
+    for (flag, path) in [
+        ("--data-dir", &data),
+        ("--state-dir", &state),
+        ("--config-dir", &config),
+    ] {
+        argv.push(flag.into());
+        argv.push(path.to_string_lossy().into_owned());
+    }
+    if !extra.contains(&"--sandbox-image") {
+        argv.extend(["--sandbox-image".into(), "test-image:latest".into()]);
+    }
+    argv.extend(extra.iter().map(|s| s.to_string()));
+    match Cli::parse_from(argv).command {
+        Command::Serve(a) => *a,
+        Command::Bench(_) => unreachable!(),
+    }
+}
+
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(dir.path(), extra);
+    let fake = FakeSandbox::new();
+    start(dir, args, fake).await
+}
+
+pub async fn start(dir: tempfile::TempDir, args: ServeArgs, fake: FakeSandbox) -> TestApp {
+    let resolved = args.resolve().unwrap();
+    let relay = Relay::start(&args, &resolved, Arc::new(fake.clone()))
+        .await
+        .unwrap();
+    let addr = relay.addr;
+    TestApp {
+        relay: Some(relay),
+        base: format!("http://{addr}"),
+        ws_base: format!("ws://{addr}"),
+        http: reqwest::Client::new(),
+        fake,
+        token: args.auth_token.clone(),
+        dir,
+    }
+}
+
+pub struct Reply {
+    pub status: u16,
+    pub body: Value,
+}
+
+impl TestApp {
+    pub fn state_dir(&self) -> std::path::PathBuf {
+        std::fs::canonicalize(self.dir.path().join("state")).unwrap()
+    }
+
+    fn auth(&self, rb: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.token {
+            Some(t) => rb.bearer_auth(t),
+            None => rb,
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Reply {
+        let res = self
+            .auth(self.http.get(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .unwrap();
+        reply(res).await
+    }
+
+    pub async fn post(&self, path: &str, body: &str) -> Reply {
+        let res = self
+            .auth(self.http.post(format!("{}{path}", self.base)))
+            .header("content-type", "application/json")
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        reply(res).await
+    }
+
+    pub async fn put(&self, path: &str, body: &str) -> Reply {
+        let res = self
+            .auth(self.http.put(format!("{}{path}", self.base)))
+            .body(body.to_owned())
+            .send()
+            .await
+            .unwrap();
+        reply(res).await
+    }
+
+    pub async fn delete(&self, path: &str) -> Reply {
+        let res = self
+            .auth(self.http.delete(format!("{}{path}", self.base)))
+            .send()
+            .await
+            .unwrap();
+        reply(res).await
+    }
+
+    /// Creates a chat session and returns its id.
+    pub async fn create_session(&self) -> String {
+        let r = self.post("/api/sessions", r#"{"mode":"chat"}"#).await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        r.body["data"]["id"].as_str().unwrap().to_owned()
+    }
+
+    /// Creates and activates a chat session; returns its id.
+    pub async fn active_session(&self) -> String {
+        let id = self.create_session().await;
+        let r = self.activate(&id, "c1").await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        id
+    }
+
+    pub async fn activate(&self, id: &str, client: &str) -> Reply {
+        self.post(
+            &format!("/api/sessions/{id}/activate"),
+            &json!({"clientId": client}).to_string(),
+        )
+        .await
+    }
+
+    pub async fn ws(&self, id: &str, query: &str) -> Ws {
+        let url = format!("{}/ws/sessions/{id}?{query}", self.ws_base);
+        let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
+        ws
+    }
+
+    /// Connects and returns the socket after its `connected` message.
+    pub async fn connect(&self, id: &str, client: &str, last_seq: u64) -> (Ws, Value) {
+        let mut ws = self
+            .ws(id, &format!("clientId={client}&lastSeq={last_seq}"))
+            .await;
+        let first = next_json(&mut ws).await;
+        assert_eq!(first["type"], "connected", "{first}");
+        (ws, first)
+    }
+
+    pub async fn shutdown(mut self) {
+        if let Some(r) = self.relay.take() {
+            r.shutdown().await;
+        }
+    }
+}
+
+async fn reply(res: reqwest::Response) -> Reply {
+    let status = res.status().as_u16();
+    let text = res.text().await.unwrap();
+    let body = serde_json::from_str(&text).unwrap_or(Value::String(text));
+    Reply { status, body }
+}
+
+/// The next text frame as JSON (fails after 10 s).
+pub async fn next_json(ws: &mut Ws) -> Value {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("timed out waiting for a frame")
+            .expect("socket ended")
+            .expect("socket error");
+        match msg {
+            Message::Text(t) => return serde_json::from_str(&t).unwrap(),
+            Message::Close(f) => panic!("socket closed: {f:?}"),
+            _ => {}
+        }
+    }
+}
+
+/// Frames until (and including) one whose `type` is `ty`.
+pub async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
+    let mut out = Vec::new();
+    loop {
+        let v = next_json(ws).await;
+        let done = v["type"] == ty;
+        out.push(v);
+        if done {
+            return out;
+        }
+    }
+}
+
+/// Waits for the socket to be closed by the server and returns the close code and reason.
+pub async fn close_code(ws: &mut Ws) -> (u16, String) {
+    loop {
+        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+            .await
+            .expect("timed out waiting for close");
+        match msg {
+            Some(Ok(Message::Close(Some(f)))) => return (f.code.into(), f.reason.to_string()),
+            Some(Ok(Message::Close(None))) | None => return (1005, String::new()),
+            Some(Ok(_)) => {}
+            // A reset without a close frame counts as an abnormal close.
+            Some(Err(_)) => return (1006, String::new()),
+        }
+    }
+}
+
+pub async fn send(ws: &mut Ws, v: Value) {
+    ws.send(Message::Text(v.to_string().into())).await.unwrap();
+}
+
+/// Polls `f` until it returns true (fails after 10 s).
+pub async fn eventually<F, Fut>(mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not met within 10 s");
+}

@@ -1,0 +1,468 @@
+//! REST behaviour of sessions, health, CORS, auth.
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_index_answer_without_an_envelope() {
+    let app = spawn_app().await;
+    let r = app.get("/health").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.body,
+        json!({"ok": true, "version": "0.1.0", "commit": "dev"})
+    );
+    let r = app.get("/api").await;
+    assert_eq!(r.body["endpoints"]["health"], "GET /health");
+    assert_eq!(r.body["endpoints"]["rpc"], "WS /rpc (not yet implemented)");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn unknown_routes_get_a_plain_text_404() {
+    let app = spawn_app().await;
+    let r = app.get("/nope").await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.body, json!("404 Not Found"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn cors_preflight_is_answered_with_204_and_permissive_headers() {
+    let app = spawn_app().await;
+    let res = app
+        .http
+        .request(
+            reqwest::Method::OPTIONS,
+            format!("{}/api/sessions", app.base),
+        )
+        .header("origin", "http://dash.example")
+        .header("access-control-request-method", "POST")
+        .header("access-control-request-headers", "content-type")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 204);
+    let h = res.headers();
+    assert_eq!(h["access-control-allow-origin"], "*");
+    assert_eq!(h["access-control-allow-headers"], "content-type");
+    assert!(
+        h["access-control-allow-methods"]
+            .to_str()
+            .unwrap()
+            .contains("DELETE")
+    );
+    let res = app
+        .http
+        .get(format!("{}/api/sessions", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.headers()["access-control-allow-origin"], "*");
+    assert!(res.headers().contains_key("x-request-id"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_is_created_then_becomes_active_with_its_container() {
+    let app = spawn_app().await;
+    let r = app
+        .post(
+            "/api/sessions",
+            r#"{"mode":"chat","firstPrompt":"  Fix   the bug ","modelProvider":"mock"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let s = &r.body["data"];
+    let id = s["id"].as_str().unwrap().to_owned();
+    assert_eq!(s["status"], "creating");
+    assert_eq!(s["name"], "Fix the bug");
+    assert_eq!(s["firstUserMessage"], "Fix   the bug");
+    assert_eq!(s["currentModelProvider"], "mock");
+    assert_eq!(s["wsEndpoint"], format!("/ws/sessions/{id}"));
+    assert!(r.body["error"].is_null());
+
+    let a = app.activate(&id, "c1").await;
+    assert_eq!(a.status, 200, "{}", a.body);
+    assert_eq!(
+        a.body["data"],
+        json!({"sessionId": id, "status": "active", "lastSeq": 0, "sandboxStatus": "running", "wsEndpoint": format!("/ws/sessions/{id}")})
+    );
+    let s = app.get(&format!("/api/sessions/{id}")).await.body["data"].clone();
+    assert_eq!(s["status"], "active");
+    assert!(s["sandboxProviderId"].as_str().unwrap().len() > 10);
+    assert_eq!(s["sandboxImageDigest"], "sha256:fake-test-image:latest");
+
+    // The container follows the sandbox contract.
+    let specs = app.fake.created_specs();
+    assert_eq!(specs.len(), 1);
+    let spec = &specs[0];
+    assert_eq!(spec.name, format!("pi-sandbox-{id}"));
+    assert_eq!(spec.labels["pi-relay.session"], id);
+    assert!(spec.labels.contains_key("pi-relay.instance"));
+    assert_eq!(
+        spec.command,
+        ["pi", "--mode", "rpc", "--session-id", id.as_str()]
+    );
+    assert_ne!(spec.user.0, 0);
+    assert!(spec.hardened);
+    let state = app.state_dir();
+    let mount = |target: &str| {
+        spec.mounts
+            .iter()
+            .find(|m| m.target == target)
+            .unwrap()
+            .clone()
+    };
+    assert_eq!(
+        mount("/workspace").host,
+        state
+            .join(format!("sessions/{id}/workspace"))
+            .to_string_lossy()
+    );
+    assert_eq!(
+        mount("/data/agent").host,
+        state.join(format!("sessions/{id}/agent")).to_string_lossy()
+    );
+    let secrets = mount("/run/secrets");
+    assert_eq!(
+        secrets.host,
+        state.join(format!("pi-secrets-{id}")).to_string_lossy()
+    );
+    assert!(secrets.read_only && !mount("/workspace").read_only);
+    assert!(mount("/etc/passwd").read_only);
+    assert!(spec.env.iter().all(|(k, _)| !k.contains("KEY")));
+
+    let sb = app.get(&format!("/api/sessions/{id}/sandbox")).await;
+    assert_eq!(sb.body["data"]["status"], "running");
+    assert_eq!(sb.body["data"]["provider"], "docker");
+    assert_eq!(sb.body["data"]["capabilities"]["losslessPause"], true);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn create_rejects_bad_input_with_the_protocol_errors() {
+    let app = spawn_app().await;
+    for (body, status, error) in [
+        ("{not json", 400, "Invalid JSON body"),
+        ("", 400, "Invalid JSON body"),
+        ("[1,2]", 400, "Invalid JSON body"),
+        (r#"{"mode":"talk"}"#, 400, "mode must be 'chat' or 'code'"),
+        (r#"{"mode":5}"#, 400, "mode must be 'chat' or 'code'"),
+        (
+            r#"{"mode":"code"}"#,
+            400,
+            "repoId is required for code mode",
+        ),
+        (
+            r#"{"mode":"chat","environmentId":"nope"}"#,
+            404,
+            "Environment not found",
+        ),
+        (
+            r#"{"mode":"chat","firstPrompt":42}"#,
+            400,
+            "firstPrompt must be a string",
+        ),
+    ] {
+        let r = app.post("/api/sessions", body).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (status, Some(error)),
+            "{body}"
+        );
+        assert!(r.body["data"].is_null());
+    }
+    assert_eq!(app.get("/api/sessions").await.body["data"], json!([]));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn activate_checks_client_id_before_the_session() {
+    let app = spawn_app().await;
+    let unknown = uuid::Uuid::new_v4();
+    let r = app
+        .post(&format!("/api/sessions/{unknown}/activate"), "{}")
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (400, Some("clientId is required"))
+    );
+    let r = app
+        .post(
+            &format!("/api/sessions/{unknown}/activate"),
+            r#"{"clientId":7}"#,
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    let r = app
+        .post(&format!("/api/sessions/{unknown}/activate"), "oops")
+        .await;
+    assert_eq!(r.body["error"], "Invalid JSON body");
+    let r = app.activate(&unknown.to_string(), "c").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("Session not found"))
+    );
+    let r = app.activate("../../etc", "c").await;
+    assert_eq!(r.status, 404);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn malformed_and_unknown_ids_are_not_found_everywhere() {
+    let app = spawn_app().await;
+    for id in [
+        "not-a-uuid",
+        &uuid::Uuid::new_v4().to_string(),
+        &"x".repeat(5000),
+    ] {
+        for path in ["", "/events", "/sandbox", "/logs"] {
+            let r = app.get(&format!("/api/sessions/{id}{path}")).await;
+            assert_eq!(
+                (r.status, r.body["error"].as_str()),
+                (404, Some("Session not found")),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            app.post(&format!("/api/sessions/{id}/archive"), "")
+                .await
+                .status,
+            404
+        );
+        assert_eq!(app.delete(&format!("/api/sessions/{id}")).await.status, 404);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_failed_provisioning_marks_the_session_error_and_leaves_no_container() {
+    let app = spawn_app().await;
+    app.fake
+        .fail_next(relay_sandbox::fake::FakeOp::Start, "start exploded");
+    let id = app.create_session().await;
+    // Activate waits for provisioning: it answers 500 if the failure comes while it waits,
+    // 409 if the session was already in error.
+    let r = app.activate(&id, "c1").await;
+    assert!(r.status == 500 || r.status == 409, "{}", r.body);
+    assert_eq!(
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["status"],
+        "error"
+    );
+    assert!(app.fake.existing().is_empty(), "container left behind");
+    let r = app.activate(&id, "c1").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (409, Some("Session is in error state"))
+    );
+    let logs = app.get(&format!("/api/sessions/{id}/logs")).await;
+    assert!(
+        logs.body["data"]["lines"]
+            .to_string()
+            .contains("start exploded"),
+        "{}",
+        logs.body
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_missing_image_fails_provisioning_with_a_clear_log_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let args = args(dir.path(), &["--sandbox-image", "missing-image:1"]);
+    let app = start(dir, args, relay_sandbox::fake::FakeSandbox::new()).await;
+    let id = app.create_session().await;
+    assert_eq!(app.activate(&id, "c").await.status, 500);
+    let logs = app.get(&format!("/api/sessions/{id}/logs")).await;
+    assert!(
+        logs.body["data"]["lines"]
+            .to_string()
+            .contains("missing-image"),
+        "{}",
+        logs.body
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn archive_removes_the_container_and_secrets_and_refuses_activation() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let secrets = app.state_dir().join(format!("pi-secrets-{id}"));
+    assert!(secrets.exists());
+    let r = app.post(&format!("/api/sessions/{id}/archive"), "").await;
+    assert_eq!(r.body["data"], json!({"ok": true}));
+    assert!(app.fake.existing().is_empty());
+    assert!(!secrets.exists());
+    assert!(
+        app.state_dir()
+            .join(format!("sessions/{id}/workspace"))
+            .exists()
+    );
+    let r = app.activate(&id, "c").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (410, Some("Session has been archived"))
+    );
+    // Archiving twice is fine.
+    assert_eq!(
+        app.post(&format!("/api/sessions/{id}/archive"), "")
+            .await
+            .status,
+        200
+    );
+    let listed = app.get("/api/sessions?status=archived").await.body["data"].clone();
+    assert_eq!(listed.as_array().unwrap().len(), 1);
+    assert_eq!(
+        app.get("/api/sessions?status=active").await.body["data"],
+        json!([])
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn delete_removes_the_row_the_container_and_every_directory() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let root = app.state_dir().join(format!("sessions/{id}"));
+    assert!(root.exists());
+    let r = app.delete(&format!("/api/sessions/{id}")).await;
+    assert_eq!(r.body["data"], json!({"ok": true}));
+    assert_eq!(app.get(&format!("/api/sessions/{id}")).await.status, 404);
+    assert!(!root.exists());
+    assert!(!app.state_dir().join(format!("pi-secrets-{id}")).exists());
+    assert!(app.fake.existing().is_empty());
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_token_guards_every_route_but_health() {
+    let app = spawn_app_with(&["--auth-token", "s3cret"]).await;
+    let anon = reqwest::Client::new();
+    let r = anon
+        .get(format!("{}/api/sessions", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    let r = anon
+        .get(format!("{}/api/sessions", app.base))
+        .bearer_auth("wrong")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = anon
+        .get(format!("{}/health", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // Query tokens only count on WebSocket routes.
+    let r = anon
+        .get(format!("{}/api/sessions?token=s3cret", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(app.get("/api/sessions").await.status, 200);
+    let id = app.active_session().await;
+    let denied =
+        tokio_tungstenite::connect_async(format!("{}/ws/sessions/{id}?clientId=c", app.ws_base))
+            .await;
+    assert!(denied.is_err());
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws/sessions/{id}?clientId=c&token=s3cret",
+        app.ws_base
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["type"], "connected");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn capabilities_are_validated_and_echoed() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let path = format!("/api/sessions/{id}/clients/web-1/capabilities");
+    let r = app
+        .put(
+            &path,
+            r#"{"clientKind":"web","capabilities":{"extensionUI":true}}"#,
+        )
+        .await;
+    assert_eq!(
+        r.body["data"],
+        json!({"sessionId": id, "clientId": "web-1", "capabilities": {"extensionUI": true}})
+    );
+    let r = app.put(&path, r#"{"capabilities":{}}"#).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (400, Some("capabilities.extensionUI is required"))
+    );
+    assert_eq!(
+        app.put(&path, "nope").await.body["error"],
+        "Invalid JSON body"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn events_are_paged_by_after_seq_and_limit() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c1", 0).await;
+    send(
+        &mut ws,
+        json!({"id": "p1", "type": "prompt", "message": "hi"}),
+    )
+    .await;
+    until_type(&mut ws, "agent_settled").await;
+    let all = app
+        .get(&format!("/api/sessions/{id}/events?afterSeq=0&limit=1000"))
+        .await
+        .body["data"]
+        .clone();
+    let events = all["events"].as_array().unwrap();
+    assert!(events.len() > 20);
+    assert_eq!(events[0]["seq"], 1);
+    assert_eq!(events[0]["type"], "prompt");
+    assert_eq!(events[0]["payload"]["message"], "hi");
+    assert!(events[0]["createdAt"].as_str().unwrap().ends_with('Z'));
+    assert_eq!(all["lastSeq"], events.len());
+    let page = app
+        .get(&format!("/api/sessions/{id}/events?afterSeq=2&limit=3"))
+        .await
+        .body["data"]
+        .clone();
+    let seqs: Vec<_> = page["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [3, 4, 5]);
+    assert_eq!(page["lastSeq"], 5);
+    let empty = app
+        .get(&format!("/api/sessions/{id}/events?afterSeq=100000"))
+        .await
+        .body["data"]
+        .clone();
+    assert_eq!(empty, json!({"events": [], "lastSeq": 100000}));
+    let bad = app
+        .get(&format!("/api/sessions/{id}/events?afterSeq=-1"))
+        .await;
+    assert_eq!(bad.status, 400);
+    // The first prompt is recorded on the session; activate now reports the journal's end.
+    let s = app.get(&format!("/api/sessions/{id}")).await.body["data"].clone();
+    assert_eq!(s["firstUserMessage"], "hi");
+    assert_eq!(
+        app.activate(&id, "c1").await.body["data"]["lastSeq"],
+        events.len()
+    );
+    app.shutdown().await;
+}

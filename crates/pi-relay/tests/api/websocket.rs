@@ -1,0 +1,348 @@
+//! WebSocket behaviour: close codes, passthrough, journaling, replay, many clients, bad frames,
+//! container death.
+
+use futures_util::SinkExt;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn refusals_are_close_codes_after_the_upgrade() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let mut ws = app.ws(&id, "lastSeq=0").await;
+    assert_eq!(
+        close_code(&mut ws).await,
+        (4001, "clientId query parameter is required".into())
+    );
+    let mut ws = app
+        .ws(&uuid::Uuid::new_v4().to_string(), "clientId=c")
+        .await;
+    assert_eq!(
+        close_code(&mut ws).await,
+        (4004, "Session not found".into())
+    );
+    let mut ws = app.ws("garbage", "clientId=c").await;
+    assert_eq!(close_code(&mut ws).await.0, 4004);
+    // Still creating (activate not called yet) or just active: wait until provisioning settles
+    // and archive it, then it is "not found" too.
+    app.activate(&id, "c").await;
+    app.post(&format!("/api/sessions/{id}/archive"), "").await;
+    let mut ws = app.ws(&id, "clientId=c").await;
+    assert_eq!(close_code(&mut ws).await.0, 4004);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_session_that_is_not_active_is_refused_with_4003() {
+    let app = spawn_app().await;
+    app.fake
+        .fail_next(relay_sandbox::fake::FakeOp::Create, "no");
+    let id = app.create_session().await;
+    app.activate(&id, "c").await;
+    let mut ws = app.ws(&id, "clientId=c").await;
+    assert_eq!(
+        close_code(&mut ws).await,
+        (
+            4003,
+            "Session not active \u{2014} call activate first".into()
+        )
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn pi_lines_pass_through_verbatim_and_are_journaled_in_order() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, connected) = app.connect(&id, "c1", 0).await;
+    assert_eq!(
+        connected,
+        json!({"type": "connected", "sessionId": id, "lastSeq": 0})
+    );
+    send(&mut ws, json!({"id": "s1", "type": "get_state"})).await;
+    let state = next_json(&mut ws).await;
+    assert_eq!(state["id"], "s1");
+    assert_eq!(state["command"], "get_state");
+    assert_eq!(
+        state["data"]["sessionId"], id,
+        "pi runs with the session's own id"
+    );
+    send(
+        &mut ws,
+        json!({"id": "p1", "type": "prompt", "message": "Run echo hi please"}),
+    )
+    .await;
+    let frames = until_type(&mut ws, "agent_settled").await;
+    assert_eq!(frames[0]["type"], "response");
+    assert!(frames.iter().any(|f| f["type"] == "agent_end"));
+    assert!(frames.iter().any(|f| f["type"] == "tool_execution_end"));
+    // No relay field is added to pi's lines.
+    assert!(frames.iter().all(|f| f.get("seq").is_none()));
+
+    let journal = app
+        .get(&format!("/api/sessions/{id}/events?limit=1000"))
+        .await
+        .body["data"]["events"]
+        .clone();
+    let journal = journal.as_array().unwrap();
+    // get_state response, the prompt, then every line of the run.
+    assert_eq!(journal.len(), 2 + frames.len());
+    assert_eq!(journal[1]["type"], "prompt");
+    let replayed: Vec<&Value> = journal.iter().skip(2).map(|e| &e["payload"]).collect();
+    assert_eq!(replayed, frames.iter().collect::<Vec<_>>());
+    for (i, e) in journal.iter().enumerate() {
+        assert_eq!(e["seq"], i as u64 + 1);
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_reconnecting_client_gets_exactly_what_it_missed() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut a, _) = app.connect(&id, "a", 0).await;
+    send(
+        &mut a,
+        json!({"id": "p1", "type": "prompt", "message": "first"}),
+    )
+    .await;
+    let first_run = until_type(&mut a, "agent_settled").await;
+    let seen = 1 + first_run.len() as u64; // the prompt is journaled too
+    send(
+        &mut a,
+        json!({"id": "p2", "type": "prompt", "message": "second"}),
+    )
+    .await;
+    let second_run = until_type(&mut a, "agent_settled").await;
+    let total = seen + 1 + second_run.len() as u64;
+
+    let (mut b, connected) = app.connect(&id, "b", seen).await;
+    assert_eq!(connected["lastSeq"], total);
+    let start = next_json(&mut b).await;
+    assert_eq!(
+        start,
+        json!({"type": "replay_start", "fromSeq": seen, "toSeq": total})
+    );
+    let replay = until_type(&mut b, "replay_end").await;
+    let replay = &replay[..replay.len() - 1];
+    assert_eq!(replay.len() as u64, total - seen);
+    assert_eq!(replay[0]["type"], "prompt");
+    assert_eq!(replay[0]["message"], "second");
+    assert_eq!(&replay[1..], &second_run[..]);
+
+    // Live events continue for both after the replay, with nothing repeated.
+    send(&mut b, json!({"id": "g", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut b).await["id"], "g");
+    assert_eq!(next_json(&mut a).await["id"], "g");
+
+    // lastSeq 0 and lastSeq == current mean no replay.
+    let (mut c, _) = app.connect(&id, "c", 0).await;
+    let (mut d, _) = app.connect(&id, "d", total + 1).await;
+    send(&mut c, json!({"id": "x", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut c).await["id"], "x");
+    assert_eq!(next_json(&mut d).await["id"], "x");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn output_printed_while_nobody_is_connected_is_journaled() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut a, _) = app.connect(&id, "a", 0).await;
+    send(
+        &mut a,
+        json!({"id": "s", "type": "prompt", "message": "sleep 300"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut a).await["id"], "s");
+    let before = app
+        .get(&format!("/api/sessions/{id}/events?limit=1000"))
+        .await
+        .body["data"]["lastSeq"]
+        .clone();
+    drop(a);
+    // The run finishes while no client is connected.
+    eventually(|| async {
+        let page = app
+            .get(&format!("/api/sessions/{id}/events?limit=1000"))
+            .await;
+        page.body["data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "agent_settled")
+    })
+    .await;
+    let (mut b, connected) = app.connect(&id, "b", before.as_u64().unwrap()).await;
+    assert!(connected["lastSeq"].as_u64() > before.as_u64());
+    let frames = until_type(&mut b, "replay_end").await;
+    assert!(frames.iter().any(|f| f["type"] == "agent_settled"));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn many_clients_on_one_session_all_receive_every_event() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let mut clients = Vec::new();
+    for i in 0..8 {
+        // Two sockets share a clientId on purpose (two tabs of one browser).
+        clients.push(app.connect(&id, &format!("c{}", i / 2), 0).await.0);
+    }
+    send(
+        &mut clients[3],
+        json!({"id": "p", "type": "prompt", "message": "hello"}),
+    )
+    .await;
+    let mut runs = Vec::new();
+    for c in clients.iter_mut() {
+        runs.push(until_type(c, "agent_settled").await);
+    }
+    assert!(runs.windows(2).all(|w| w[0] == w[1]));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn bad_frames_are_ignored_and_binary_frames_are_accepted() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    ws.send(Message::Text("not json".into())).await.unwrap();
+    ws.send(Message::Text(r#"{"type":"upload_file","id":"u"}"#.into()))
+        .await
+        .unwrap();
+    ws.send(Message::Text(r#"{"id":"n"}"#.into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(vec![0xff, 0xfe, 0x00].into()))
+        .await
+        .unwrap();
+    ws.send(Message::Binary(
+        br#"{"id":"b","type":"get_state"}"#.to_vec().into(),
+    ))
+    .await
+    .unwrap();
+    // Pretty-printed JSON must not break pi's line framing.
+    ws.send(Message::Text(
+        "{\n  \"id\": \"pretty\",\n  \"type\": \"get_state\"\n}".into(),
+    ))
+    .await
+    .unwrap();
+    assert_eq!(next_json(&mut ws).await["id"], "b");
+    assert_eq!(next_json(&mut ws).await["id"], "pretty");
+    let journal =
+        app.get(&format!("/api/sessions/{id}/events")).await.body["data"]["events"].clone();
+    assert_eq!(journal.as_array().unwrap().len(), 2);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_oversized_frame_closes_that_socket_only() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut big, _) = app.connect(&id, "big", 0).await;
+    let (mut other, _) = app.connect(&id, "other", 0).await;
+    let huge = "x".repeat(relay_api::MAX_CLIENT_MESSAGE + 1);
+    let _ = big.send(Message::Text(huge.into())).await;
+    let code = close_code(&mut big).await.0;
+    assert!(
+        code == 1009 || code == 1005 || code == 1006,
+        "close code {code}"
+    );
+    send(&mut other, json!({"id": "still", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut other).await["id"], "still");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn non_json_output_and_huge_lines_from_pi_are_handled() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    send(
+        &mut ws,
+        json!({"id": "n", "type": "prompt", "message": "noise"}),
+    )
+    .await;
+    let frames = until_type(&mut ws, "agent_settled").await;
+    assert!(frames.iter().all(|f| f.is_object()));
+    send(
+        &mut ws,
+        json!({"id": "b", "type": "prompt", "message": "big 300000"}),
+    )
+    .await;
+    let frames = until_type(&mut ws, "agent_settled").await;
+    let big = frames
+        .iter()
+        .find(|f| f["type"] == "tool_execution_update")
+        .unwrap();
+    assert!(big.to_string().len() > 300_000);
+    let logs = app.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
+    assert!(logs.contains("npm WARN"), "{logs}");
+    send(
+        &mut ws,
+        json!({"id": "e", "type": "prompt", "message": "stderr something odd"}),
+    )
+    .await;
+    until_type(&mut ws, "agent_settled").await;
+    let logs = app.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
+    assert!(logs.contains("something odd"), "{logs}");
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_dead_container_is_reported_and_activate_brings_it_back() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    let cid = relay_sandbox::SandboxId(
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    app.fake.kill(&cid, 137);
+    let status = until_type(&mut ws, "sandbox_status").await.pop().unwrap();
+    assert_eq!(status["status"], "stopped");
+    // Commands now get a clear error instead of vanishing.
+    send(&mut ws, json!({"id": "x", "type": "get_state"})).await;
+    let err = next_json(&mut ws).await;
+    assert_eq!(err["code"], "CHANNEL_DETACHED");
+    eventually(|| async {
+        app.get(&format!("/api/sessions/{id}/sandbox")).await.body["data"]["status"] == "stopped"
+    })
+    .await;
+    let r = app.activate(&id, "c").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "sandbox_status", "status": "running"})
+    );
+    send(&mut ws, json!({"id": "y", "type": "get_state"})).await;
+    let state = next_json(&mut ws).await;
+    assert_eq!(state["id"], "y");
+    assert_eq!(state["data"]["sessionId"], id);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_session_closes_its_clients() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    app.delete(&format!("/api/sessions/{id}")).await;
+    assert_eq!(close_code(&mut ws).await.0, 4004);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn shutting_down_the_relay_closes_clients_with_1001() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    let closing = tokio::spawn(async move { close_code(&mut ws).await });
+    app.shutdown().await;
+    assert_eq!(closing.await.unwrap().0, 1001);
+}
