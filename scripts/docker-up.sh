@@ -4,11 +4,11 @@
 # no systemd: dockerd is started by hand and remembered in a PID file so that
 # scripts/docker-down.sh stops exactly that process and nothing else.
 #
-# Env: PI_RELAY_DOCKERD_FLAGS (default: no bridge, no NAT, no ip_forward, so
+# Env: PI_RELAY_DOCKERD_FLAGS (when unset: no bridge, no NAT, no ip_forward, so
 # containers only ever get loopback unless given --network host).
 set -euo pipefail
 
-FLAGS=${PI_RELAY_DOCKERD_FLAGS:---bridge=none --iptables=false --ip-forward=false}
+FLAGS=${PI_RELAY_DOCKERD_FLAGS---bridge=none --iptables=false --ip-forward=false}
 LOG=/var/log/pi-relay-dockerd.log
 PIDFILE=/run/pi-relay-dockerd.pid
 DOCKER=/usr/bin/docker; [[ -x $DOCKER ]] || DOCKER=docker

@@ -95,6 +95,7 @@ impl Relay {
             network: args.sandbox_network.clone(),
             instance_id: instance_id(args, &dirs.data_dir)?,
             hardened: !args.no_hardening,
+            agent_template: args.agent_template_dir.clone(),
             activate_timeout: Duration::from_secs(args.activate_timeout_secs),
         };
         let cancel = CancellationToken::new();

@@ -76,6 +76,10 @@ pub struct ServeArgs {
     /// Id of this relay on the containers it labels [default: kept in <data dir>/instance-id]
     #[arg(long, env = "PI_RELAY_INSTANCE_ID")]
     pub instance_id: Option<String>,
+    /// Directory whose files are copied into every new session's pi agent directory
+    /// (`/data/agent`): `models.json`, `settings.json`, extensions. Files pi has written win.
+    #[arg(long, env = "PI_RELAY_AGENT_TEMPLATE_DIR")]
+    pub agent_template_dir: Option<PathBuf>,
     /// Seconds activate waits for a sandbox being provisioned.
     #[arg(long, env = "PI_RELAY_ACTIVATE_TIMEOUT_SECS", default_value_t = 60)]
     pub activate_timeout_secs: u64,
@@ -138,6 +142,11 @@ impl ServeArgs {
             .state_dir
             .clone()
             .unwrap_or_else(|| xdg("XDG_STATE_HOME", ".local/state").join("pi-relay"));
+        if let Some(t) = &self.agent_template_dir
+            && !t.is_dir()
+        {
+            return Err(format!("agent template {} is not a directory", t.display()));
+        }
         let db_path = self
             .db_path
             .clone()

@@ -64,6 +64,23 @@ impl SessionLayout {
         Ok(())
     }
 
+    /// Copies the files of `template` into the agent directory, keeping files that exist
+    /// already (pi may have changed them), owned like the agent directory.
+    pub fn seed_agent_dir(
+        &self,
+        template: &Path,
+        uid: u32,
+        gid: u32,
+        chown_to_sandbox: bool,
+    ) -> io::Result<()> {
+        copy_missing(template, &self.agent, &|p| {
+            if chown_to_sandbox {
+                chown(p, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        })
+    }
+
     /// Removes the secrets directory (archive, delete).
     pub fn remove_secrets(&self) -> io::Result<()> {
         remove_dir_if_exists(&self.secrets)
@@ -74,6 +91,25 @@ impl SessionLayout {
         remove_dir_if_exists(&self.secrets)?;
         remove_dir_if_exists(&self.root)
     }
+}
+
+fn copy_missing(from: &Path, to: &Path, own: &dyn Fn(&Path) -> io::Result<()>) -> io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            if !target.exists() {
+                std::fs::create_dir(&target)?;
+                own(&target)?;
+            }
+            copy_missing(&entry.path(), &target, own)?;
+        } else if kind.is_file() && !target.exists() {
+            std::fs::copy(entry.path(), &target)?;
+            own(&target)?;
+        }
+    }
+    Ok(())
 }
 
 fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
@@ -123,6 +159,29 @@ mod tests {
     fn generated_passwd_maps_user_to_the_sandbox_ids() {
         assert!(passwd(1234, 5678).contains("\nuser:x:1234:5678:user:/home/user:/bin/bash\n"));
         assert!(group(5678).contains("\nuser:x:5678:\n"));
+    }
+
+    #[test]
+    fn the_agent_template_fills_in_missing_files_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let template = dir.path().join("template");
+        std::fs::create_dir_all(template.join("sub")).unwrap();
+        std::fs::write(template.join("models.json"), "{}").unwrap();
+        std::fs::write(template.join("sub/x"), "x").unwrap();
+        std::fs::write(template.join("settings.json"), "new").unwrap();
+        let l = SessionLayout::new(&dir.path().join("state"), "s1");
+        l.prepare(1000, 1000, false).unwrap();
+        std::fs::write(l.agent.join("settings.json"), "pi's own").unwrap();
+        l.seed_agent_dir(&template, 1000, 1000, false).unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("models.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(std::fs::read_to_string(l.agent.join("sub/x")).unwrap(), "x");
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("settings.json")).unwrap(),
+            "pi's own"
+        );
     }
 
     #[test]

@@ -32,6 +32,9 @@ pub struct SessionConfig {
     pub instance_id: String,
     /// Hardened container flags (cap-drop ALL, no-new-privileges, init).
     pub hardened: bool,
+    /// Files copied into every new session's pi agent directory (`models.json`,
+    /// `settings.json`, extensions), unless pi's own copy exists.
+    pub agent_template: Option<PathBuf>,
     /// How long activate waits for provisioning.
     pub activate_timeout: std::time::Duration,
 }

@@ -781,9 +781,16 @@ async fn try_provision(
     let (uid, gid) = inner.cfg.sandbox_user;
     let chown = inner.cfg.chown_session_dirs;
     let prepared = layout.clone();
-    tokio::task::spawn_blocking(move || prepared.prepare(uid, gid, chown))
-        .await
-        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+    let template = inner.cfg.agent_template.clone();
+    tokio::task::spawn_blocking(move || {
+        prepared.prepare(uid, gid, chown)?;
+        match template {
+            Some(t) => prepared.seed_agent_dir(&t, uid, gid, chown),
+            None => Ok(()),
+        }
+    })
+    .await
+    .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
     let image_id = inner.image_id(&image).await?;
     let spec = inner.spec(id, &env_cfg, image_id, &layout);
     let cid = match inner.sandbox.create(&spec).await {

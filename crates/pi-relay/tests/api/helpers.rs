@@ -64,10 +64,19 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 pub async fn start(dir: tempfile::TempDir, args: ServeArgs, fake: FakeSandbox) -> TestApp {
+    let sandbox = Arc::new(fake.clone());
+    start_with(dir, args, sandbox, fake).await
+}
+
+/// Starts a relay on a given provider (`fake` is only used by tests that drive the fake).
+pub async fn start_with(
+    dir: tempfile::TempDir,
+    args: ServeArgs,
+    sandbox: Arc<dyn relay_sandbox::Sandbox>,
+    fake: FakeSandbox,
+) -> TestApp {
     let resolved = args.resolve().unwrap();
-    let relay = Relay::start(&args, &resolved, Arc::new(fake.clone()))
-        .await
-        .unwrap();
+    let relay = Relay::start(&args, &resolved, sandbox).await.unwrap();
     let addr = relay.addr;
     TestApp {
         relay: Some(relay),
@@ -191,8 +200,13 @@ async fn reply(res: reqwest::Response) -> Reply {
 
 /// The next text frame as JSON (fails after 10 s).
 pub async fn next_json(ws: &mut Ws) -> Value {
+    next_json_within(ws, Duration::from_secs(10)).await
+}
+
+/// The next text frame as JSON (fails after `limit`).
+pub async fn next_json_within(ws: &mut Ws, limit: Duration) -> Value {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = tokio::time::timeout(limit, ws.next())
             .await
             .expect("timed out waiting for a frame")
             .expect("socket ended")
