@@ -158,6 +158,10 @@ impl Relay {
             Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
             Err(_) => tracing::warn!("open connections did not close in time"),
         }
+        // The journal is written in batches: commit what is queued before the process goes.
+        if let Err(e) = self.sessions.flush().await {
+            tracing::error!(error = %e, "could not flush the journal");
+        }
     }
 }
 

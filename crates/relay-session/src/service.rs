@@ -338,6 +338,9 @@ impl SessionService {
             .session(id)
             .await?
             .ok_or(SessionError::NotFound)?;
+        // Lines already sent to clients may still sit in the writer's queue; a reader of the
+        // journal must see at least what clients have seen.
+        self.inner.store.barrier().await?;
         let limit = limit.clamp(1, MAX_EVENTS_PAGE);
         let events = self.inner.store.events(id, after, u64::MAX, limit).await?;
         let last_seq = events.last().map_or(after, |e| e.seq);
@@ -568,6 +571,11 @@ impl SessionService {
         for hub in self.inner.hubs.all() {
             hub.close(1001, "Relay shutting down").await;
         }
+    }
+
+    /// Waits until every journal line and update queued so far is committed.
+    pub async fn flush(&self) -> Result<(), SessionError> {
+        Ok(self.inner.store.barrier().await?)
     }
 
     /// Resolves an image reference to its id now, so the first session does not pay for it.

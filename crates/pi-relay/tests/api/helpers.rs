@@ -75,6 +75,12 @@ pub async fn start_with(
     sandbox: Arc<dyn relay_sandbox::Sandbox>,
     fake: FakeSandbox,
 ) -> TestApp {
+    if std::env::var_os("TEST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(std::env::var("TEST_LOG").unwrap_or_default())
+            .with_test_writer()
+            .try_init();
+    }
     let resolved = args.resolve().unwrap();
     let relay = Relay::start(&args, &resolved, sandbox).await.unwrap();
     let addr = relay.addr;

@@ -346,3 +346,91 @@ async fn shutting_down_the_relay_closes_clients_with_1001() {
     app.shutdown().await;
     assert_eq!(closing.await.unwrap().0, 1001);
 }
+
+#[tokio::test]
+async fn a_client_that_vanishes_mid_stream_loses_nothing_from_the_journal() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut a, _) = app.connect(&id, "a", 0).await;
+    send(
+        &mut a,
+        json!({"id": "f", "type": "prompt", "message": "flood 5000"}),
+    )
+    .await;
+    // Read a little, then disappear without a close handshake.
+    for _ in 0..10 {
+        next_json(&mut a).await;
+    }
+    drop(a);
+    eventually(|| async {
+        let r = app
+            .get(&format!("/api/sessions/{id}/events?afterSeq=5000&limit=10"))
+            .await;
+        r.body["data"]["events"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["type"] == "agent_settled")
+    })
+    .await;
+    let total = app.activate(&id, "b").await.body["data"]["lastSeq"]
+        .as_u64()
+        .unwrap();
+    // prompt, response, agent_start, 5000 deltas, agent_end, agent_settled
+    assert_eq!(total, 5005);
+    let mut seen = 0;
+    let mut after = 0;
+    loop {
+        let page = app
+            .get(&format!(
+                "/api/sessions/{id}/events?afterSeq={after}&limit=1000"
+            ))
+            .await
+            .body["data"]
+            .clone();
+        let events = page["events"].as_array().unwrap();
+        if events.is_empty() {
+            break;
+        }
+        for e in events {
+            seen += 1;
+            assert_eq!(e["seq"].as_u64().unwrap(), seen);
+        }
+        after = page["lastSeq"].as_u64().unwrap();
+    }
+    assert_eq!(seen, total);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_restarted_relay_reattaches_running_sandboxes_and_continues_the_sequence() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let first_args = args(dir.path(), &[]);
+    let first = start(dir, first_args, fake.clone()).await;
+    let id = first.active_session().await;
+    let (mut ws, _) = first.connect(&id, "c", 0).await;
+    send(&mut ws, json!({"id": "g1", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g1");
+    drop(ws);
+    let TestApp { relay, dir, .. } = first;
+    relay.unwrap().shutdown().await;
+    assert_eq!(fake.existing().len(), 1, "the sandbox outlives the relay");
+
+    let args = args(dir.path(), &[]);
+    let second = start(dir, args, fake.clone()).await;
+    let (mut ws, connected) = second.connect(&id, "c", 0).await;
+    assert_eq!(connected["lastSeq"], 1);
+    send(&mut ws, json!({"id": "g2", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g2");
+    let events =
+        second.get(&format!("/api/sessions/{id}/events")).await.body["data"]["events"].clone();
+    let seqs: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2]);
+    second.shutdown().await;
+}
