@@ -109,6 +109,15 @@ impl Relay {
             }
         }
         sessions.recover().await?;
+        let reaper = relay_session::reaper::IdleReaper::new(
+            sessions.clone(),
+            relay_session::reaper::IdlePolicy {
+                timeout: Duration::from_secs(args.idle_timeout_secs),
+                grace: Duration::from_secs(args.idle_grace_secs),
+            },
+            Duration::from_secs(args.idle_check_interval_secs),
+        );
+        tasks.spawn(reaper.run(cancel.clone()));
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;

@@ -83,6 +83,18 @@ pub struct ServeArgs {
     /// Seconds activate waits for a sandbox being provisioned.
     #[arg(long, env = "PI_RELAY_ACTIVATE_TIMEOUT_SECS", default_value_t = 60)]
     pub activate_timeout_secs: u64,
+    /// Seconds without activity after which a session's sandbox is paused (an environment's
+    /// `idleTimeoutSeconds` overrides it).
+    #[arg(long, env = "PI_RELAY_IDLE_TIMEOUT_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_timeout_secs: u64,
+    /// Seconds after the last client disconnects during which a session is never paused.
+    #[arg(long, env = "PI_RELAY_IDLE_GRACE_SECS", default_value_t = 300)]
+    pub idle_grace_secs: u64,
+    /// Seconds between two passes of the idle reaper.
+    #[arg(long, env = "PI_RELAY_IDLE_CHECK_INTERVAL_SECS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_check_interval_secs: u64,
     /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
     #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
     pub log: String,

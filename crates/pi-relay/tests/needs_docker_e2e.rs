@@ -158,19 +158,63 @@ async fn needs_docker_real_pi_runs_a_tool_in_its_sandbox_and_a_late_client_repla
 
     // Both clients keep receiving live output.
     send(&mut b, json!({"id": "s2", "type": "get_state"})).await;
-    assert_eq!(
-        until_type_within(&mut b, "response", Duration::from_secs(30))
-            .await
-            .pop()
-            .unwrap()["id"],
-        "s2"
-    );
+    let before = until_type_within(&mut b, "response", Duration::from_secs(30))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(before["id"], "s2");
     assert_eq!(
         until_type_within(&mut a, "response", Duration::from_secs(30))
             .await
             .pop()
             .unwrap()["id"],
         "s2"
+    );
+    let messages = before["data"]["messageCount"].as_u64().unwrap();
+    assert!(messages >= 4, "{before}");
+
+    // Restart recreates the container; pi, started with the same session id, continues the
+    // same conversation from its files in /data/agent.
+    let old_cid =
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"].clone();
+    assert_eq!(
+        app.post(&format!("/api/sessions/{id}/restart"), "")
+            .await
+            .status,
+        200
+    );
+    let r = app.activate(&id, "a").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_ne!(
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"],
+        old_cid
+    );
+    drop(b);
+    // The client sees the old sandbox stop and the new one start.
+    let mut seen = Vec::new();
+    while seen
+        .last()
+        .map(|v: &Value| v["status"] != "running")
+        .unwrap_or(true)
+    {
+        seen.push(
+            until_type_within(&mut a, "sandbox_status", Duration::from_secs(30))
+                .await
+                .pop()
+                .unwrap(),
+        );
+    }
+    send(&mut a, json!({"id": "after", "type": "get_state"})).await;
+    let after = until_type_within(&mut a, "response", Duration::from_secs(60))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(after["id"], "after");
+    assert_eq!(after["data"]["sessionId"], id);
+    assert_eq!(
+        after["data"]["messageCount"].as_u64().unwrap(),
+        messages,
+        "{after}"
     );
 
     // Deleting the session removes its container and directories.

@@ -43,7 +43,9 @@ impl From<SessionError> for ApiError {
             NotFound | EnvironmentNotFound => ApiError::Client(StatusCode::NOT_FOUND, msg),
             NoDefaultEnvironment => ApiError::Client(StatusCode::BAD_REQUEST, msg),
             Archived => ApiError::Client(StatusCode::GONE, msg),
-            InErrorState => ApiError::Client(StatusCode::CONFLICT, msg),
+            InErrorState | CannotRestartArchived | NotRestartable => {
+                ApiError::Client(StatusCode::CONFLICT, msg)
+            }
             Unsupported(_) => ApiError::Client(StatusCode::NOT_IMPLEMENTED, msg),
             ProvisioningFailed => ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg),
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),

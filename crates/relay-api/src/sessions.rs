@@ -24,6 +24,7 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/sessions/{id}/sandbox", get(sandbox))
         .route("/api/sessions/{id}/logs", get(logs))
         .route("/api/sessions/{id}/archive", post(archive))
+        .route("/api/sessions/{id}/restart", post(restart))
         .route(
             "/api/sessions/{id}/clients/{client_id}/capabilities",
             put(capabilities),
@@ -273,6 +274,17 @@ async fn archive(
     valid_id(&id)?;
     state.sessions.archive(&id).await?;
     Ok(envelope::ok(json!({"ok": true})))
+}
+
+async fn restart(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    state.sessions.restart(&id).await?;
+    Ok(envelope::ok(
+        json!({"ok": true, "sandboxStatus": "creating"}),
+    ))
 }
 
 async fn delete(

@@ -75,6 +75,11 @@ struct HubState {
     stdin: Option<mpsc::Sender<Bytes>>,
     generation: u64,
     running_tools: HashSet<String>,
+    /// Between `agent_start` and `agent_end`/`agent_settled`: pi is working even when no tool
+    /// runs.
+    agent_running: bool,
+    /// Last client command, pi output, connect or disconnect.
+    last_activity: Option<tokio::time::Instant>,
     controller: Option<ConnId>,
     last_writer: Option<ConnId>,
     last_disconnected_at: Option<tokio::time::Instant>,
@@ -102,6 +107,10 @@ pub struct HubStatus {
     pub attached: bool,
     /// Tool calls started and not finished.
     pub running_tools: usize,
+    /// pi is in the middle of a run.
+    pub agent_running: bool,
+    /// Last client command, pi output, connect or disconnect.
+    pub last_activity: tokio::time::Instant,
     /// Highest sequence number assigned.
     pub seq: u64,
     /// When the last client left, if none is connected now.
@@ -124,6 +133,7 @@ impl Hub {
             prefs,
             state: Mutex::new(HubState {
                 seq: initial_seq,
+                last_activity: Some(tokio::time::Instant::now()),
                 ..Default::default()
             }),
             logs: StdMutex::new(VecDeque::new()),
@@ -256,6 +266,10 @@ impl Hub {
                 ("tool_execution_end", Some(id)) => {
                     st.running_tools.remove(id);
                 }
+                ("agent_start", _) => st.agent_running = true,
+                // pi 0.x ends a run with agent_end only; in 1.x an auto-retry may start another
+                // run right after it, which agent_start marks again.
+                ("agent_settled" | "agent_end", _) => st.agent_running = false,
                 _ => {}
             }
             if let Some(name) = session_name_from(ty, &head, kept) {
@@ -271,6 +285,7 @@ impl Hub {
             });
             frames.push((payload, ty == "extension_ui_request"));
         }
+        st.last_activity = Some(tokio::time::Instant::now());
         if let Err(e) = self.store.append_batch(entries).await {
             tracing::error!(session = %self.session_id, error = %e, "journal write failed");
         }
@@ -294,6 +309,7 @@ impl Hub {
             }
             st.stdin = None;
             st.running_tools.clear();
+            st.agent_running = false;
             let frame = protocol::sandbox_status("stopped", Some(reason));
             st.clients.values().for_each(|c| c.push(&frame));
         }
@@ -321,6 +337,7 @@ impl Hub {
             },
         );
         st.last_disconnected_at = None;
+        st.last_activity = Some(tokio::time::Instant::now());
         self.elect(&mut st);
         ClientConn {
             hub: self.clone(),
@@ -342,8 +359,10 @@ impl Hub {
         if st.last_writer == Some(conn_id) {
             st.last_writer = None;
         }
+        let now = tokio::time::Instant::now();
+        st.last_activity = Some(now);
         if st.clients.is_empty() {
-            st.last_disconnected_at = Some(tokio::time::Instant::now());
+            st.last_disconnected_at = Some(now);
         }
         self.elect(&mut st);
     }
@@ -416,6 +435,7 @@ impl Hub {
                 return;
             };
             let capable = client.extension_ui;
+            st.last_activity = Some(tokio::time::Instant::now());
             if matches!(ty, "prompt" | "steer" | "follow_up") && capable {
                 st.last_writer = Some(conn_id);
                 self.elect(&mut st);
@@ -501,6 +521,8 @@ impl Hub {
             clients: st.clients.len(),
             attached: st.stdin.is_some(),
             running_tools: st.running_tools.len(),
+            agent_running: st.agent_running,
+            last_activity: st.last_activity.unwrap_or_else(tokio::time::Instant::now),
             seq: st.seq,
             last_disconnected_at: st.last_disconnected_at,
         }

@@ -4,6 +4,7 @@
 
 pub mod layout;
 mod observer;
+pub mod reaper;
 mod service;
 pub mod state;
 pub mod title;
@@ -147,6 +148,12 @@ pub enum SessionError {
     /// The session is in `error`.
     #[error("Session is in error state")]
     InErrorState,
+    /// Restart of an archived session.
+    #[error("Cannot restart archived session")]
+    CannotRestartArchived,
+    /// Restart of a session that never had a sandbox.
+    #[error("Session has no restartable sandbox")]
+    NotRestartable,
     /// Provisioning failed while activate waited.
     #[error("Sandbox provisioning failed")]
     ProvisioningFailed,

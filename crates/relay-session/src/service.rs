@@ -77,6 +77,7 @@ struct EnvConfig {
     image: Option<String>,
     resource_tier: Option<String>,
     network_mode: Option<String>,
+    idle_timeout_seconds: Option<u64>,
     #[serde(default)]
     env_vars: Vec<EnvVar>,
 }
@@ -449,6 +450,123 @@ impl SessionService {
             .set_extension_ui(id, client_id, extension_ui)
             .await;
         Ok(())
+    }
+
+    /// Recreates a session's sandbox. The workspace and pi's session files stay, and pi, started
+    /// with the same `--session-id`, continues the same conversation. Connected clients stay
+    /// connected: they see the sandbox stop and start again.
+    pub async fn restart(&self, id: &str) -> Result<(), SessionError> {
+        let inner = &self.inner;
+        let lock = inner.lock(id);
+        let guard = lock.clone().lock_owned().await;
+        let row = inner
+            .store
+            .session(id)
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        if row.status == "archived" {
+            return Err(SessionError::CannotRestartArchived);
+        }
+        if row.sandbox_provider.is_none() {
+            return Err(SessionError::NotRestartable);
+        }
+        let env = match &row.environment_id {
+            Some(e) => inner.store.environment(e).await?,
+            None => None,
+        };
+        let env = match env {
+            Some(e) => e,
+            None => inner
+                .store
+                .default_environment()
+                .await?
+                .ok_or(SessionError::NoDefaultEnvironment)?,
+        };
+        inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
+        inner
+            .store
+            .set_status(id, "creating", None, &relay_hub::timestamp())
+            .await?;
+        inner.changed();
+        let task_inner = inner.clone();
+        let id = id.to_owned();
+        inner.tasks.spawn(async move {
+            // Keep the session locked until the new sandbox is up.
+            let _guard = guard;
+            provision(&task_inner, &id, &env).await;
+        });
+        Ok(())
+    }
+
+    /// Pauses an idle session's sandbox unless a client connected or pi started working in the
+    /// meantime. Returns whether it paused it.
+    pub async fn idle(
+        &self,
+        id: &str,
+        check: impl Fn(&relay_hub::HubStatus) -> bool,
+    ) -> Result<bool, SessionError> {
+        let inner = &self.inner;
+        let lock = inner.lock(id);
+        let _guard = lock.lock().await;
+        let Some(row) = inner.store.session(id).await? else {
+            return Ok(false);
+        };
+        let (Some(cid), "active") = (row.sandbox_provider_id, row.status.as_str()) else {
+            return Ok(false);
+        };
+        let Some(hub) = inner.hubs.get(id) else {
+            return Ok(false);
+        };
+        // Decided on a snapshot: look again now that the session is locked.
+        if !check(&hub.status().await) {
+            return Ok(false);
+        }
+        match inner.sandbox.pause(&SandboxId(cid)).await {
+            Ok(()) | Err(SandboxError::NotFound(_)) | Err(SandboxError::InvalidState(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        hub.broadcast(relay_hub::protocol::sandbox_status(
+            "paused",
+            Some("Session idled due to inactivity"),
+        ))
+        .await;
+        hub.clear_client_state().await;
+        hub.log("relay: sandbox paused after inactivity".into());
+        inner
+            .store
+            .set_status(id, "idle", None, &relay_hub::timestamp())
+            .await?;
+        inner.changed();
+        Ok(true)
+    }
+
+    /// Active sessions with their hub's state and their environment's idle timeout, for the
+    /// idle reaper.
+    pub async fn idle_candidates(&self) -> Result<Vec<crate::reaper::Candidate>, SessionError> {
+        let inner = &self.inner;
+        let mut out = Vec::new();
+        for row in inner.store.sessions(Some(vec!["active".into()])).await? {
+            let Some(hub) = inner.hubs.get(&row.id) else {
+                continue;
+            };
+            let timeout = match &row.environment_id {
+                Some(e) => inner
+                    .store
+                    .environment(e)
+                    .await?
+                    .and_then(|env| serde_json::from_str::<EnvConfig>(&env.config).ok())
+                    .and_then(|c| c.idle_timeout_seconds)
+                    .filter(|s| *s > 0)
+                    .map(Duration::from_secs),
+                None => None,
+            };
+            out.push(crate::reaper::Candidate {
+                id: row.id,
+                hub: hub.status().await,
+                timeout,
+            });
+        }
+        Ok(out)
     }
 
     /// Archives a session: its sandbox and secrets go, its journal and workspace stay.

@@ -467,3 +467,97 @@ async fn events_are_paged_by_after_seq_and_limit() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn restart_recreates_the_sandbox_and_keeps_clients_and_files() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let marker = app
+        .state_dir()
+        .join(format!("sessions/{id}/workspace/keep.txt"));
+    std::fs::write(&marker, "x").unwrap();
+    let old =
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"].clone();
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    let r = app.post(&format!("/api/sessions/{id}/restart"), "").await;
+    assert_eq!(
+        r.body["data"],
+        json!({"ok": true, "sandboxStatus": "creating"})
+    );
+    assert_eq!(next_json(&mut ws).await["status"], "stopped");
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "sandbox_status", "status": "running"})
+    );
+    assert_eq!(app.activate(&id, "c").await.status, 200);
+    let new =
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"].clone();
+    assert_ne!(old, new);
+    assert_eq!(app.fake.existing().len(), 1, "the old container is gone");
+    assert!(marker.exists());
+    send(&mut ws, json!({"id": "g", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g");
+    app.post(&format!("/api/sessions/{id}/archive"), "").await;
+    let r = app.post(&format!("/api/sessions/{id}/restart"), "").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (409, Some("Cannot restart archived session"))
+    );
+    assert_eq!(
+        app.post(
+            &format!("/api/sessions/{}/restart", uuid::Uuid::new_v4()),
+            ""
+        )
+        .await
+        .status,
+        404
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_unused_session_is_paused_and_activate_resumes_it() {
+    let app = spawn_app_with(&[
+        "--idle-timeout-secs",
+        "1",
+        "--idle-grace-secs",
+        "0",
+        "--idle-check-interval-secs",
+        "1",
+    ])
+    .await;
+    let id = app.active_session().await;
+    {
+        let (mut ws, _) = app.connect(&id, "c", 0).await;
+        send(
+            &mut ws,
+            json!({"id": "p", "type": "prompt", "message": "hi"}),
+        )
+        .await;
+        until_type(&mut ws, "agent_settled").await;
+    }
+    eventually(|| async {
+        app.get(&format!("/api/sessions/{id}")).await.body["data"]["status"] == "idle"
+    })
+    .await;
+    assert_eq!(
+        app.get(&format!("/api/sessions/{id}/sandbox")).await.body["data"]["status"],
+        "paused"
+    );
+    let mut ws = app.ws(&id, "clientId=c").await;
+    assert_eq!(close_code(&mut ws).await.0, 4003);
+    let r = app.activate(&id, "c").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        app.get(&format!("/api/sessions/{id}/sandbox")).await.body["data"]["status"],
+        "running"
+    );
+    let (mut ws, connected) = app.connect(&id, "c", 0).await;
+    send(&mut ws, json!({"id": "g", "type": "get_state"})).await;
+    let state = next_json(&mut ws).await;
+    assert_eq!(state["id"], "g");
+    // Same pi process, same conversation: nothing was lost while paused.
+    assert_eq!(state["data"]["messageCount"], 5);
+    assert!(connected["lastSeq"].as_u64().unwrap() > 20);
+    app.shutdown().await;
+}
