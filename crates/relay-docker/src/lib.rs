@@ -15,7 +15,7 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
+    ListContainersOptions, LogsOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
     StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
@@ -27,6 +27,10 @@ use relay_sandbox::{
 /// How long a single Engine API request may take before its response headers arrive. Attach
 /// and wait streams are not limited by it once the headers are in.
 const REQUEST_TIMEOUT_SECS: u64 = 120;
+
+/// Size of a sandbox's stdout log kept by the engine: output printed while the relay was not
+/// attached can be recovered as long as it fits.
+pub const LOG_MAX_SIZE: &str = "256m";
 
 /// The Docker provider. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -92,7 +96,7 @@ impl DockerSandbox {
             log_config: Some(HostConfigLogConfig {
                 typ: Some("json-file".into()),
                 config: Some(HashMap::from([
-                    ("max-size".to_owned(), "20m".to_owned()),
+                    ("max-size".to_owned(), LOG_MAX_SIZE.to_owned()),
                     ("max-file".to_owned(), "1".to_owned()),
                 ])),
             }),
@@ -401,6 +405,41 @@ impl Sandbox for DockerSandbox {
                     .collect::<BTreeMap<_, _>>(),
             })
             .collect())
+    }
+
+    async fn stdout_log(
+        &self,
+        id: &SandboxId,
+    ) -> Result<relay_sandbox::OutputStream, SandboxError> {
+        // Fail early (and clearly) for a missing container: the log stream reports it late.
+        self.docker
+            .inspect_container(id.as_str(), None::<InspectContainerOptions>)
+            .await
+            .map_err(|e| map_err(e, "inspect container"))?;
+        let options = LogsOptions {
+            follow: false,
+            stdout: true,
+            stderr: false,
+            timestamps: false,
+            tail: "all".into(),
+            ..Default::default()
+        };
+        let stream = self
+            .docker
+            .logs(id.as_str(), Some(options))
+            .map_err(|e| map_err(e, "container log"))
+            .filter_map(|item| async move {
+                match item {
+                    Ok(bollard::container::LogOutput::StdOut { message })
+                    | Ok(bollard::container::LogOutput::Console { message }) => {
+                        Some(Ok(OutputChunk::Stdout(message)))
+                    }
+                    Ok(_) => None,
+                    Err(e) => Some(Err(e)),
+                }
+            })
+            .boxed();
+        Ok(stream)
     }
 
     async fn wait(&self, id: &SandboxId) -> Result<i64, SandboxError> {

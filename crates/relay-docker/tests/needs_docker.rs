@@ -492,7 +492,7 @@ async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardenin
             .as_ref()
             .and_then(|c| c.get("max-size"))
             .map(String::as_str),
-        Some("20m")
+        Some(relay_docker::LOG_MAX_SIZE)
     );
 
     // Mounts as requested (HostConfig) and as the engine set them up (MountPoints).

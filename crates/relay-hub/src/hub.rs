@@ -75,6 +75,9 @@ struct HubState {
     stdin: Option<mpsc::Sender<Bytes>>,
     generation: u64,
     running_tools: HashSet<String>,
+    /// Complete stdout lines of the current container consumed so far (noise included); the
+    /// journal records it so output printed while the relay was away can be recovered.
+    stdout_lines: u64,
     /// Between `agent_start` and `agent_end`/`agent_settled`: pi is working even when no tool
     /// runs.
     agent_running: bool,
@@ -149,11 +152,14 @@ impl Hub {
 
     /// Takes over a sandbox attachment: from now on pi's output is read, journaled and fanned
     /// out, and client commands go to its stdin. Replaces any previous attachment.
-    pub async fn attach(self: &Arc<Self>, io: SandboxIo) {
+    /// `stdout_lines` is how many stdout lines of this container were consumed before (0 for a
+    /// new container) and `pending` the start of a line whose rest is still to come.
+    pub async fn attach(self: &Arc<Self>, io: SandboxIo, stdout_lines: u64, pending: Bytes) {
         let (stdin_tx, stdin_rx) = mpsc::channel(STDIN_QUEUE);
         let generation = {
             let mut st = self.state.lock().await;
             st.generation += 1;
+            st.stdout_lines = stdout_lines;
             let reattached = st.stdin.is_none() && st.generation > 1;
             st.stdin = Some(stdin_tx);
             if reattached {
@@ -166,16 +172,29 @@ impl Hub {
         let cancel = self.cancel.child_token();
         tokio::spawn(write_stdin(input, stdin_rx, cancel.clone()));
         let hub = self.clone();
-        tokio::spawn(async move { hub.read_output(output, generation, cancel).await });
+        tokio::spawn(async move { hub.read_output(output, generation, pending, cancel).await });
+    }
+
+    /// Journals lines recovered from the engine's log (printed while nobody was attached) and
+    /// records that the container's stdout has been consumed up to `stdout_lines`.
+    pub async fn recover(&self, mut lines: Vec<Bytes>, stdout_lines: u64) {
+        let n = lines.len();
+        self.ingest(&mut lines, Some(stdout_lines)).await;
+        if n > 0 {
+            self.log(format!(
+                "relay: recovered {n} lines pi printed while the relay was away"
+            ));
+        }
     }
 
     async fn read_output(
         self: Arc<Self>,
         mut output: relay_sandbox::OutputStream,
         generation: u64,
+        pending: Bytes,
         cancel: CancellationToken,
     ) {
-        let mut stdout = LineSplitter::new();
+        let mut stdout = LineSplitter::with_pending(&pending);
         let mut stderr = LineSplitter::new();
         let mut lines = Vec::new();
         let reason = loop {
@@ -188,7 +207,7 @@ impl Hub {
                 Some(Ok(OutputChunk::Stdout(b))) => {
                     stdout.push(&b, &mut lines);
                     if !lines.is_empty() {
-                        self.ingest(&mut lines).await;
+                        self.ingest(&mut lines, None).await;
                     }
                 }
                 Some(Ok(OutputChunk::Stderr(b))) => {
@@ -200,7 +219,7 @@ impl Hub {
             }
         };
         lines.extend(stdout.finish());
-        self.ingest(&mut lines).await;
+        self.ingest(&mut lines, None).await;
         lines.extend(stderr.finish());
         self.stderr_lines(&mut lines);
         self.detached(generation, &reason).await;
@@ -237,13 +256,16 @@ impl Hub {
             .collect()
     }
 
-    /// Journals and fans out complete pi lines.
-    async fn ingest(&self, lines: &mut Vec<Bytes>) {
-        if lines.is_empty() {
+    /// Journals and fans out complete stdout lines. The stdout line count moves on by the
+    /// number of lines, or to `count_after` when given.
+    async fn ingest(&self, lines: &mut Vec<Bytes>, count_after: Option<u64>) {
+        if lines.is_empty() && count_after.is_none() {
             return;
         }
         let now: Arc<str> = Arc::from(crate::timestamp().as_str());
         let mut st = self.state.lock().await;
+        st.stdout_lines = count_after.unwrap_or(st.stdout_lines + lines.len() as u64);
+        let cursor = Some((self.session_id.clone(), st.stdout_lines));
         let mut entries = Vec::with_capacity(lines.len());
         let mut frames = Vec::with_capacity(lines.len());
         for line in lines.drain(..) {
@@ -286,7 +308,7 @@ impl Hub {
             frames.push((payload, ty == "extension_ui_request"));
         }
         st.last_activity = Some(tokio::time::Instant::now());
-        if let Err(e) = self.store.append_batch(entries).await {
+        if let Err(e) = self.store.append_batch(entries, cursor).await {
             tracing::error!(session = %self.session_id, error = %e, "journal write failed");
         }
         for (frame, controller_only) in frames {

@@ -24,6 +24,14 @@ impl LineSplitter {
         LineSplitter::default()
     }
 
+    /// A splitter that continues a line whose start was read elsewhere (from the engine's log
+    /// during recovery).
+    pub fn with_pending(pending: &[u8]) -> LineSplitter {
+        let mut s = LineSplitter::new();
+        s.buf.extend_from_slice(pending);
+        s
+    }
+
     /// Feeds a chunk and appends every line it completes (without the `\n`) to `out`.
     pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) {
         let mut rest = chunk;

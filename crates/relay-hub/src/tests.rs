@@ -80,7 +80,8 @@ fn spec(name: &str) -> SandboxSpec {
 async fn running_hub(s: &Setup, session: &str) -> (Arc<Hub>, relay_sandbox::SandboxId) {
     let id = s.fake.create(&spec(session)).await.unwrap();
     let hub = s.hubs.get_or_create(session).await.unwrap();
-    hub.attach(s.fake.attach(&id).await.unwrap()).await;
+    hub.attach(s.fake.attach(&id).await.unwrap(), 0, Bytes::new())
+        .await;
     s.fake.start(&id).await.unwrap();
     (hub, id)
 }

@@ -31,6 +31,8 @@ struct Container {
     status: watch::Sender<(SandboxStatus, Option<i64>)>,
     paused: watch::Sender<bool>,
     attachment: Arc<Mutex<Option<Attachment>>>,
+    /// Everything written to stdout since creation, like Docker's json-file log.
+    log: Arc<Mutex<Vec<u8>>>,
     stdin_tx: mpsc::UnboundedSender<Bytes>,
     /// Taken by the process when it starts; `None` while it runs or after it ran.
     stdin_rx: Option<mpsc::UnboundedReceiver<Bytes>>,
@@ -163,10 +165,16 @@ async fn gate(paused: &mut watch::Receiver<bool>) {
 
 async fn forward(
     attachment: &Arc<Mutex<Option<Attachment>>>,
+    log: &Arc<Mutex<Vec<u8>>>,
     paused: &mut watch::Receiver<bool>,
     chunk: OutputChunk,
 ) {
     gate(paused).await;
+    if let OutputChunk::Stdout(b) = &chunk {
+        log.lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend_from_slice(b);
+    }
     let tx = attachment.lock().unwrap_or_else(|p| p.into_inner()).clone();
     // Like Docker, output is handed to the attached reader and waits for it; with nobody
     // attached it is gone (Docker would keep it only in its log).
@@ -178,6 +186,7 @@ async fn forward(
 async fn pump<R: tokio::io::AsyncRead + Unpin>(
     mut reader: R,
     attachment: Arc<Mutex<Option<Attachment>>>,
+    log: Arc<Mutex<Vec<u8>>>,
     mut paused: watch::Receiver<bool>,
     stderr: bool,
 ) {
@@ -192,7 +201,7 @@ async fn pump<R: tokio::io::AsyncRead + Unpin>(
                 } else {
                     OutputChunk::Stdout(bytes)
                 };
-                forward(&attachment, &mut paused, chunk).await;
+                forward(&attachment, &log, &mut paused, chunk).await;
             }
         }
     }
@@ -214,6 +223,7 @@ fn spawn_process(c: &mut Container) {
         }
     };
     let attachment = c.attachment.clone();
+    let log = c.log.clone();
     let paused = c.paused.subscribe();
     let status = c.status.clone();
     c.task = Some(tokio::spawn(async move {
@@ -228,8 +238,14 @@ fn spawn_process(c: &mut Container) {
             // Every stdin sender is gone: only happens when the container is torn down.
             let _ = stdin_writer.shutdown().await;
         };
-        let out = pump(stdout_reader, attachment.clone(), paused.clone(), false);
-        let err = pump(stderr_reader, attachment.clone(), paused.clone(), true);
+        let out = pump(
+            stdout_reader,
+            attachment.clone(),
+            log.clone(),
+            paused.clone(),
+            false,
+        );
+        let err = pump(stderr_reader, attachment.clone(), log, paused.clone(), true);
         let pi = fake_pi::run(pi_stdin, stdout_writer, stderr_writer, opts);
         let pumps = async { tokio::join!(out, err) };
         let feeder = tokio::spawn(feeder);
@@ -311,6 +327,7 @@ impl Sandbox for FakeSandbox {
                 status: watch::channel((SandboxStatus::Created, None)).0,
                 paused: watch::channel(false).0,
                 attachment: Arc::new(Mutex::new(None)),
+                log: Arc::default(),
                 stdin_tx,
                 stdin_rx: Some(stdin_rx),
                 task: None,
@@ -420,6 +437,18 @@ impl Sandbox for FakeSandbox {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         Ok(out)
+    }
+
+    async fn stdout_log(&self, id: &SandboxId) -> Result<crate::OutputStream, SandboxError> {
+        let log = self.with(id, |c| {
+            Ok(c.log.lock().unwrap_or_else(|p| p.into_inner()).clone())
+        })?;
+        // Handed out in Docker-sized frames, which are not lines.
+        let chunks: Vec<Result<OutputChunk, SandboxError>> = log
+            .chunks(32 * 1024)
+            .map(|c| Ok(OutputChunk::Stdout(Bytes::copy_from_slice(c))))
+            .collect();
+        Ok(futures_util::stream::iter(chunks).boxed())
     }
 
     async fn wait(&self, id: &SandboxId) -> Result<i64, SandboxError> {

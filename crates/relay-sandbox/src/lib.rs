@@ -211,6 +211,10 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn list(&self, labels: &[(String, String)]) -> Result<Vec<SandboxInfo>, SandboxError>;
     /// Waits until the main process exits and returns its exit code.
     async fn wait(&self, id: &SandboxId) -> Result<i64, SandboxError>;
+    /// Everything the sandbox has written to stdout since it was created (across restarts),
+    /// as far as the runtime kept it, as a finite stream. Used to recover output printed while
+    /// the relay was not attached.
+    async fn stdout_log(&self, id: &SandboxId) -> Result<OutputStream, SandboxError>;
 }
 
 /// Default stop grace period, after which the runtime kills the process.

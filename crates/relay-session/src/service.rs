@@ -294,18 +294,27 @@ impl SessionService {
         let unavailable = |e: SandboxError| SessionError::SandboxUnavailable(e.to_string());
         let info = inner.sandbox.inspect(cid).await.map_err(unavailable)?;
         match info.status {
-            SandboxStatus::Running => inner.ensure_attached(id, cid).await.map_err(unavailable)?,
+            SandboxStatus::Running => inner
+                .ensure_attached(id, cid, false)
+                .await
+                .map_err(unavailable)?,
             SandboxStatus::Paused => {
-                inner.ensure_attached(id, cid).await.map_err(unavailable)?;
+                inner
+                    .ensure_attached(id, cid, false)
+                    .await
+                    .map_err(unavailable)?;
                 inner.sandbox.unpause(cid).await.map_err(unavailable)?;
             }
             SandboxStatus::Created | SandboxStatus::Exited => {
                 // Attach first so nothing pi prints at start is missed; `--session-id` makes
                 // the restarted pi continue the same conversation.
-                let hub = inner.hubs.get_or_create(id).await?;
-                let io = inner.sandbox.attach(cid).await.map_err(unavailable)?;
-                hub.attach(io).await;
-                hub.log("relay: sandbox restarted".into());
+                inner
+                    .ensure_attached(id, cid, true)
+                    .await
+                    .map_err(unavailable)?;
+                if let Some(hub) = inner.hubs.get(id) {
+                    hub.log("relay: sandbox restarted".into());
+                }
                 inner.sandbox.start(cid).await.map_err(unavailable)?;
             }
         }
@@ -416,7 +425,7 @@ impl SessionService {
             return Err(refused(4003, "Sandbox not provisioned"));
         };
         let attached = async {
-            inner.ensure_attached(id, &SandboxId(cid)).await?;
+            inner.ensure_attached(id, &SandboxId(cid), false).await?;
             inner
                 .hubs
                 .get_or_create(id)
@@ -638,28 +647,12 @@ impl SessionService {
                 .tasks
                 .spawn(async move { purge_events(&store, &id).await });
         }
-        for row in inner.store.sessions(None).await? {
+        let rows = inner.store.sessions(None).await?;
+        for row in &rows {
             match row.status.as_str() {
-                "creating" => {
-                    if let Some(cid) = &row.sandbox_provider_id {
-                        let _ = inner.sandbox.remove(&SandboxId(cid.clone())).await;
-                    }
-                    let _ = inner
-                        .sandbox
-                        .remove(&SandboxId(container_name(&row.id)))
-                        .await;
-                    inner
-                        .store
-                        .set_status(
-                            &row.id,
-                            "error",
-                            Some("the relay stopped while the sandbox was being created".into()),
-                            &relay_hub::timestamp(),
-                        )
-                        .await?;
-                }
+                "creating" => inner.finish_interrupted_create(row).await?,
                 "active" | "idle" => {
-                    let Some(cid) = row.sandbox_provider_id else {
+                    let Some(cid) = row.sandbox_provider_id.clone() else {
                         continue;
                     };
                     let cid = SandboxId(cid);
@@ -670,10 +663,11 @@ impl SessionService {
                                 SandboxStatus::Running | SandboxStatus::Paused
                             ) =>
                         {
-                            if let Err(e) = inner.ensure_attached(&row.id, &cid).await {
+                            if let Err(e) = inner.ensure_attached(&row.id, &cid, false).await {
                                 tracing::warn!(session = %row.id, error = %e, "cannot re-attach");
                             }
                         }
+                        // Stopped: activate restarts it.
                         Ok(_) => {}
                         Err(e) => tracing::warn!(session = %row.id, error = %e, "sandbox missing"),
                     }
@@ -681,6 +675,8 @@ impl SessionService {
                 _ => {}
             }
         }
+        inner.remove_orphan_sandboxes().await?;
+        inner.remove_orphan_dirs().await?;
         Ok(())
     }
 
@@ -746,24 +742,167 @@ impl Inner {
     }
 
     /// Attaches the session's hub to its running sandbox unless it is attached already.
-    async fn ensure_attached(&self, id: &str, cid: &SandboxId) -> Result<(), SandboxError> {
-        let hub = self
-            .hubs
-            .get_or_create(id)
-            .await
-            .map_err(|e| SandboxError::Runtime(e.to_string()))?;
+    ///
+    /// What pi printed while nobody was attached (the relay was down, or the attachment broke)
+    /// is read back from the engine's log first and journaled, so the sequence has no gap. A
+    /// running sandbox is paused meanwhile, so no line falls between the log and the new
+    /// attachment.
+    /// A stopped sandbox is only attached when `to_start` (the caller starts it next).
+    async fn ensure_attached(
+        &self,
+        id: &str,
+        cid: &SandboxId,
+        to_start: bool,
+    ) -> Result<(), SandboxError> {
+        let runtime = |e: relay_store::StoreError| SandboxError::Runtime(e.to_string());
+        let hub = self.hubs.get_or_create(id).await.map_err(runtime)?;
         if hub.status().await.attached {
             return Ok(());
         }
         let info = self.sandbox.inspect(cid).await?;
-        if !matches!(info.status, SandboxStatus::Running | SandboxStatus::Paused) {
+        if !to_start && !matches!(info.status, SandboxStatus::Running | SandboxStatus::Paused) {
             return Err(SandboxError::InvalidState(format!(
                 "sandbox is {}",
                 info.status.as_protocol_str()
             )));
         }
-        let io = self.sandbox.attach(cid).await?;
-        hub.attach(io).await;
+        let paused_here =
+            info.status == SandboxStatus::Running && self.sandbox.pause(cid).await.is_ok();
+        let attached = async {
+            // The cursor must include every batch the previous attachment queued.
+            self.store.barrier().await.map_err(runtime)?;
+            let consumed = self.store.stdout_cursor(id).await.map_err(runtime)?;
+            let exited = matches!(info.status, SandboxStatus::Exited | SandboxStatus::Created);
+            let log = read_log_after(&*self.sandbox, cid, consumed, exited).await?;
+            if log.total < consumed {
+                tracing::warn!(session = %id, consumed, kept = log.total, "sandbox log was truncated; output printed while detached may be missing");
+                hub.log(format!(
+                    "relay: the engine kept only {} of {consumed} output lines; some output printed while the relay was away is lost",
+                    log.total
+                ));
+            }
+            let total = log.total.max(consumed);
+            hub.recover(log.missed, total).await;
+            let io = self.sandbox.attach(cid).await?;
+            hub.attach(io, total, log.pending).await;
+            Ok(())
+        }
+        .await;
+        if paused_here && let Err(e) = self.sandbox.unpause(cid).await {
+            tracing::warn!(session = %id, error = %e, "cannot unpause after recovery");
+        }
+        attached
+    }
+
+    /// A session left in `creating` by a relay that stopped: adopt its container if it runs,
+    /// otherwise remove it and mark the session failed.
+    async fn finish_interrupted_create(
+        &self,
+        row: &relay_store::SessionRow,
+    ) -> Result<(), SessionError> {
+        let name = SandboxId(container_name(&row.id));
+        if let Ok(info) = self.sandbox.inspect(&name).await
+            && info.status == SandboxStatus::Running
+            && info.labels.get(LABEL_INSTANCE) == Some(&self.cfg.instance_id)
+        {
+            self.store
+                .set_sandbox(
+                    &row.id,
+                    SessionSandbox {
+                        provider: Some(self.sandbox.kind().into()),
+                        provider_id: Some(info.id.0.clone()),
+                        image_digest: Some(info.image_id.clone()),
+                    },
+                    "active",
+                    &relay_hub::timestamp(),
+                )
+                .await?;
+            self.ensure_attached(&row.id, &info.id, false).await?;
+            tracing::info!(session = %row.id, "adopted the sandbox of an interrupted create");
+            return Ok(());
+        }
+        self.teardown(&row.id, row.sandbox_provider_id.as_deref())
+            .await;
+        self.store
+            .set_status(
+                &row.id,
+                "error",
+                Some("the relay stopped while the sandbox was being created".into()),
+                &relay_hub::timestamp(),
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// Removes containers carrying this relay's label that no live session owns.
+    async fn remove_orphan_sandboxes(&self) -> Result<(), SessionError> {
+        let ours = [(LABEL_INSTANCE.to_owned(), self.cfg.instance_id.clone())];
+        for info in self.sandbox.list(&ours).await? {
+            let owner = match info.labels.get(LABEL_SESSION) {
+                Some(s) => self.store.session(s).await?,
+                None => None,
+            };
+            let owned = owner.is_some_and(|r| {
+                r.status != "archived" && r.sandbox_provider_id.as_deref() == Some(info.id.as_str())
+            });
+            if !owned {
+                tracing::info!(container = %info.name, "removing a sandbox no session owns");
+                if let Err(e) = self.sandbox.remove(&info.id).await {
+                    tracing::warn!(container = %info.name, error = %e, "cannot remove orphan sandbox");
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes session and secrets directories of sessions that no longer exist, and secrets
+    /// directories of archived sessions. Only names the relay creates are touched.
+    async fn remove_orphan_dirs(&self) -> Result<(), SessionError> {
+        let state_dir = self.cfg.state_dir.clone();
+        let mut candidates = Vec::new();
+        let session_ids = |dir: &std::path::Path, prefix: &str| -> Vec<String> {
+            std::fs::read_dir(dir)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter_map(|n| n.strip_prefix(prefix).map(str::to_owned))
+                .filter(|id| uuid::Uuid::parse_str(id).is_ok())
+                .collect()
+        };
+        for id in session_ids(&state_dir.join("sessions"), "") {
+            candidates.push((id, false));
+        }
+        for id in session_ids(&state_dir, "pi-secrets-") {
+            candidates.push((id, true));
+        }
+        for (id, secrets_only) in candidates {
+            let layout = SessionLayout::new(&state_dir, &id);
+            let remove = match self.store.session(&id).await? {
+                None => Some(layout.clone()),
+                Some(r) if r.status == "archived" && secrets_only => Some(layout.clone()),
+                Some(_) => None,
+            };
+            if let Some(l) = remove {
+                let result = tokio::task::spawn_blocking(move || {
+                    if secrets_only {
+                        l.remove_secrets()
+                    } else {
+                        l.remove_all()
+                    }
+                })
+                .await
+                .map_err(|e| SessionError::Io(std::io::Error::other(e)))?;
+                match result {
+                    Ok(()) => {
+                        tracing::info!(session = %id, "removed files of a session that is gone")
+                    }
+                    Err(e) => {
+                        tracing::warn!(session = %id, error = %e, "cannot remove orphan files")
+                    }
+                }
+            }
+        }
         Ok(())
     }
 
@@ -933,8 +1072,10 @@ async fn try_provision(
         Err(e) => return Err(e.into()),
     };
     let hub = inner.hubs.get_or_create(id).await?;
+    // A new container: its output starts from line 0.
+    inner.store.set_stdout_cursor(id, 0).await?;
     let io = inner.sandbox.attach(&cid).await?;
-    hub.attach(io).await;
+    hub.attach(io, 0, bytes::Bytes::new()).await;
     inner.sandbox.start(&cid).await?;
     let info = inner.sandbox.inspect(&cid).await?;
     if info.status != SandboxStatus::Running {
@@ -983,6 +1124,57 @@ pub(crate) async fn note_exit(inner: Arc<Inner>, id: &str) {
         Ok(_) => {}
         Err(e) => hub.log(format!("relay: sandbox gone: {e}")),
     }
+}
+
+/// What the engine's log holds beyond the lines already consumed.
+struct LogTail {
+    /// Complete lines after the first `consumed`.
+    missed: Vec<bytes::Bytes>,
+    /// Complete lines in the log.
+    total: u64,
+    /// The start of a line still being written.
+    pending: bytes::Bytes,
+}
+
+async fn read_log_after(
+    sandbox: &dyn Sandbox,
+    cid: &SandboxId,
+    consumed: u64,
+    exited: bool,
+) -> Result<LogTail, SandboxError> {
+    use futures_util::StreamExt;
+    let mut stream = sandbox.stdout_log(cid).await?;
+    let mut splitter = relay_hub::lines::LineSplitter::new();
+    let mut lines = Vec::new();
+    let mut missed = Vec::new();
+    let mut total = 0u64;
+    while let Some(chunk) = stream.next().await {
+        if let relay_sandbox::OutputChunk::Stdout(b) = chunk? {
+            splitter.push(&b, &mut lines);
+            for line in lines.drain(..) {
+                total += 1;
+                if total > consumed {
+                    missed.push(line);
+                }
+            }
+        }
+    }
+    let mut pending = splitter.finish().unwrap_or_default();
+    // A process that exited will not finish its last line: the live reader took it as a
+    // line at end of stream, and so does recovery.
+    if exited && !pending.is_empty() {
+        total += 1;
+        if total > consumed {
+            missed.push(std::mem::take(&mut pending));
+        } else {
+            pending = bytes::Bytes::new();
+        }
+    }
+    Ok(LogTail {
+        missed,
+        total,
+        pending,
+    })
 }
 
 async fn purge_events(store: &Store, id: &str) {

@@ -171,13 +171,19 @@ impl Store {
     }
 
     /// Queues several journal lines at once, in order; cheaper than one [`Store::append`] each.
-    pub async fn append_batch(&self, entries: Vec<JournalEntry>) -> Result<(), StoreError> {
-        if entries.is_empty() {
+    /// `stdout_cursor` (session, lines) records, in the same transaction, how many stdout lines
+    /// of the session's container these entries bring the journal to.
+    pub async fn append_batch(
+        &self,
+        entries: Vec<JournalEntry>,
+        stdout_cursor: Option<(Arc<str>, u64)>,
+    ) -> Result<(), StoreError> {
+        if entries.is_empty() && stdout_cursor.is_none() {
             return Ok(());
         }
         self.inner
             .writer
-            .send(WriteOp::AppendBatch(entries))
+            .send(WriteOp::AppendBatch(entries, stdout_cursor))
             .await
             .map_err(|_| StoreError::Closed)
     }
@@ -267,6 +273,35 @@ impl Store {
                 ],
             )?;
             Ok(n > 0)
+        })
+        .await
+    }
+
+    /// How many stdout lines of its container the session's journal has consumed.
+    pub async fn stdout_cursor(&self, id: &str) -> Result<u64, StoreError> {
+        let id = id.to_owned();
+        self.read(move |c| {
+            let v: Option<i64> = c
+                .query_row(
+                    "SELECT sandbox_stdout_lines FROM sessions WHERE id = ?1",
+                    [id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            Ok(v.unwrap_or(0) as u64)
+        })
+        .await
+    }
+
+    /// Sets the stdout cursor (0 for a new container).
+    pub async fn set_stdout_cursor(&self, id: &str, lines: u64) -> Result<(), StoreError> {
+        let id = id.to_owned();
+        self.write(move |tx| {
+            tx.execute(
+                "UPDATE sessions SET sandbox_stdout_lines = ?2 WHERE id = ?1",
+                params![id, lines as i64],
+            )?;
+            Ok(())
         })
         .await
     }

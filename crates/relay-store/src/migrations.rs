@@ -6,10 +6,16 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// The migrations, oldest first. Never edit one that has shipped; add a new one.
-const MIGRATIONS: &[(&str, &str)] = &[(
-    "0001_initial",
-    include_str!("../migrations/0001_initial.sql"),
-)];
+const MIGRATIONS: &[(&str, &str)] = &[
+    (
+        "0001_initial",
+        include_str!("../migrations/0001_initial.sql"),
+    ),
+    (
+        "0002_stdout_cursor",
+        include_str!("../migrations/0002_stdout_cursor.sql"),
+    ),
+];
 
 /// Applies every migration newer than the database's `user_version`.
 pub(crate) fn apply(conn: &mut Connection) -> Result<(), StoreError> {

@@ -13,7 +13,7 @@ pub(crate) type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> (bool, Compl
 
 pub(crate) enum WriteOp {
     Append(JournalEntry),
-    AppendBatch(Vec<JournalEntry>),
+    AppendBatch(Vec<JournalEntry>, Option<(std::sync::Arc<str>, u64)>),
     Job(Job),
     Barrier(oneshot::Sender<()>),
 }
@@ -41,7 +41,15 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
         for op in batch.drain(..) {
             match op {
                 WriteOp::Append(e) => append(&tx, &e),
-                WriteOp::AppendBatch(entries) => entries.iter().for_each(|e| append(&tx, e)),
+                WriteOp::AppendBatch(entries, cursor) => {
+                    entries.iter().for_each(|e| append(&tx, e));
+                    if let Some((session, lines)) = cursor {
+                        tx.prepare_cached(
+                            "UPDATE sessions SET sandbox_stdout_lines = ?2 WHERE id = ?1",
+                        )?
+                        .execute(params![&*session, lines as i64])?;
+                    }
+                }
                 WriteOp::Barrier(b) => barriers.push(b),
                 WriteOp::Job(job) => {
                     tx.execute_batch("SAVEPOINT job")?;

@@ -561,3 +561,67 @@ async fn an_unused_session_is_paused_and_activate_resumes_it() {
     assert!(connected["lastSeq"].as_u64().unwrap() > 20);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn startup_removes_sandboxes_and_directories_nobody_owns() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let first_args = args(dir.path(), &[]);
+    let first = start(dir, first_args, fake.clone()).await;
+    let kept = first.active_session().await;
+    let archived = first.active_session().await;
+    first
+        .post(&format!("/api/sessions/{archived}/archive"), "")
+        .await;
+    let state = first.state_dir();
+    let instance = std::fs::read_to_string(first.dir.path().join("data/instance-id")).unwrap();
+    let TestApp { relay, dir, .. } = first;
+    relay.unwrap().shutdown().await;
+
+    // Left behind by a crash: a container and directories of a session that no longer exists,
+    // a secrets directory of an archived session, and files that are not the relay's.
+    let ghost = uuid::Uuid::new_v4().to_string();
+    let mut spec = fake.created_specs()[0].clone();
+    spec.name = format!("pi-sandbox-{ghost}");
+    spec.labels.insert("pi-relay.session".into(), ghost.clone());
+    spec.labels
+        .insert("pi-relay.instance".into(), instance.trim().into());
+    relay_sandbox::Sandbox::create(&fake, &spec).await.unwrap();
+    let mut foreign = spec.clone();
+    foreign.name = "someone-else".into();
+    foreign
+        .labels
+        .insert("pi-relay.instance".into(), "another-relay".into());
+    relay_sandbox::Sandbox::create(&fake, &foreign)
+        .await
+        .unwrap();
+    std::fs::create_dir_all(state.join(format!("sessions/{ghost}/workspace"))).unwrap();
+    std::fs::create_dir_all(state.join(format!("pi-secrets-{ghost}"))).unwrap();
+    std::fs::create_dir_all(state.join(format!("pi-secrets-{archived}"))).unwrap();
+    std::fs::create_dir_all(state.join("sessions/not-a-session")).unwrap();
+    assert_eq!(fake.existing().len(), 3);
+
+    let second_args = args(dir.path(), &[]);
+    let second = start(dir, second_args, fake.clone()).await;
+    let names: Vec<String> = relay_sandbox::Sandbox::list(&fake, &[])
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|i| i.name)
+        .collect();
+    assert_eq!(names.len(), 2, "{names:?}");
+    assert!(names.contains(&format!("pi-sandbox-{kept}")));
+    assert!(names.contains(&"someone-else".to_owned()));
+    assert!(!state.join(format!("sessions/{ghost}")).exists());
+    assert!(!state.join(format!("pi-secrets-{ghost}")).exists());
+    assert!(!state.join(format!("pi-secrets-{archived}")).exists());
+    assert!(
+        state
+            .join(format!("sessions/{archived}/workspace"))
+            .exists()
+    );
+    assert!(state.join(format!("sessions/{kept}/workspace")).exists());
+    assert!(state.join(format!("pi-secrets-{kept}")).exists());
+    assert!(state.join("sessions/not-a-session").exists());
+    second.shutdown().await;
+}

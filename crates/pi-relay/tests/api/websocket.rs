@@ -434,3 +434,50 @@ async fn a_restarted_relay_reattaches_running_sandboxes_and_continues_the_sequen
     assert_eq!(seqs, [1, 2]);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn output_printed_while_the_relay_was_down_is_recovered_into_the_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let first_args = args(dir.path(), &[]);
+    let first = start(dir, first_args, fake.clone()).await;
+    let id = first.active_session().await;
+    let (mut ws, _) = first.connect(&id, "c", 0).await;
+    send(
+        &mut ws,
+        json!({"id": "s", "type": "prompt", "message": "sleep 1500"}),
+    )
+    .await;
+    assert_eq!(next_json(&mut ws).await["id"], "s");
+    assert_eq!(next_json(&mut ws).await["type"], "agent_start");
+    drop(ws);
+    let TestApp { relay, dir, .. } = first;
+    relay.unwrap().shutdown().await;
+    // pi finishes its run while no relay is attached.
+    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+
+    let args = args(dir.path(), &[]);
+    let second = start(dir, args, fake.clone()).await;
+    let (mut ws, connected) = second.connect(&id, "c", 3).await;
+    assert_eq!(connected["lastSeq"], 5);
+    assert_eq!(next_json(&mut ws).await["type"], "replay_start");
+    let replay = until_type(&mut ws, "replay_end").await;
+    let types: Vec<&str> = replay.iter().map(|v| v["type"].as_str().unwrap()).collect();
+    assert_eq!(types, ["agent_end", "agent_settled", "replay_end"]);
+    let events =
+        second.get(&format!("/api/sessions/{id}/events")).await.body["data"]["events"].clone();
+    let seqs: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, [1, 2, 3, 4, 5]);
+    let logs =
+        second.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
+    assert!(logs.contains("recovered 2 lines"), "{logs}");
+    // And the session goes on.
+    send(&mut ws, json!({"id": "g", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g");
+    second.shutdown().await;
+}
