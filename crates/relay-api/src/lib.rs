@@ -78,6 +78,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    // Without TCP_NODELAY, Nagle holds a small frame back until the previous one is acked,
+    // and the client's delayed ACK turns that into up to 40 ms per streamed event.
+    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     axum::serve(listener, router(state))
         .with_graceful_shutdown(shutdown)
         .await

@@ -279,6 +279,9 @@ impl Hub {
                     continue;
                 }
             };
+            if head.is_relay_sync() {
+                continue;
+            }
             st.seq += 1;
             let ty = head.ty.as_deref().unwrap_or("unknown");
             match (ty, head.tool_call_id.as_deref()) {

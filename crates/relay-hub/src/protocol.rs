@@ -41,6 +41,10 @@ pub const COMMAND_WHITELIST: &[&str] = &[
     "extension_ui_response",
 ];
 
+/// Id prefix of the relay's own requests to pi (re-attach markers); their answers are neither
+/// journaled nor sent to clients.
+pub const SYNC_ID_PREFIX: &str = "pi-relay-sync-";
+
 /// Whether clients may send a command of this type.
 pub fn is_allowed_command(ty: &str) -> bool {
     COMMAND_WHITELIST.contains(&ty)
@@ -62,6 +66,37 @@ pub struct LineHead<'a> {
     /// Method on `extension_ui_request`.
     #[serde(borrow, default)]
     pub method: Option<Cow<'a, str>>,
+    /// Request id on responses (a string for every request the relay or its clients make).
+    #[serde(borrow, default, deserialize_with = "string_or_none")]
+    pub id: Option<Cow<'a, str>>,
+}
+
+/// Reads a string, and anything else (a number, an object) as absent.
+fn string_or_none<'de: 'a, 'a, D>(d: D) -> Result<Option<Cow<'a, str>>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Id<'a> {
+        Text(#[serde(borrow)] Cow<'a, str>),
+        Other(serde::de::IgnoredAny),
+    }
+    Ok(match Option::<Id<'a>>::deserialize(d)? {
+        Some(Id::Text(s)) => Some(s),
+        _ => None,
+    })
+}
+
+impl LineHead<'_> {
+    /// Whether this line answers one of the relay's own requests.
+    pub fn is_relay_sync(&self) -> bool {
+        self.ty.as_deref() == Some("response")
+            && self
+                .id
+                .as_deref()
+                .is_some_and(|id| id.starts_with(SYNC_ID_PREFIX))
+    }
 }
 
 /// Why a pi line is not journaled.

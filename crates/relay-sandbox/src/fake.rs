@@ -343,6 +343,10 @@ impl Sandbox for FakeSandbox {
             if c.status.borrow().0 == SandboxStatus::Exited && c.task.is_some() {
                 return Err(SandboxError::InvalidState("container has exited".into()));
             }
+            // Docker refuses too: "unpause the container before attach".
+            if c.status.borrow().0 == SandboxStatus::Paused {
+                return Err(SandboxError::InvalidState("container is paused".into()));
+            }
             *c.attachment.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
             let status = c.status.borrow().0;
             if c.stdin_rx.is_none() && status == SandboxStatus::Exited {

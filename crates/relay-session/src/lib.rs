@@ -5,6 +5,7 @@
 pub mod layout;
 mod observer;
 pub mod reaper;
+mod recovery;
 mod service;
 pub mod state;
 pub mod title;

@@ -299,11 +299,12 @@ impl SessionService {
                 .await
                 .map_err(unavailable)?,
             SandboxStatus::Paused => {
+                // The engine cannot attach to a paused container: thaw it first.
+                inner.sandbox.unpause(cid).await.map_err(unavailable)?;
                 inner
                     .ensure_attached(id, cid, false)
                     .await
                     .map_err(unavailable)?;
-                inner.sandbox.unpause(cid).await.map_err(unavailable)?;
             }
             SandboxStatus::Created | SandboxStatus::Exited => {
                 // Attach first so nothing pi prints at start is missed; `--session-id` makes
@@ -657,12 +658,8 @@ impl SessionService {
                     };
                     let cid = SandboxId(cid);
                     match inner.sandbox.inspect(&cid).await {
-                        Ok(info)
-                            if matches!(
-                                info.status,
-                                SandboxStatus::Running | SandboxStatus::Paused
-                            ) =>
-                        {
+                        // A paused (idle) sandbox is re-attached when activate thaws it.
+                        Ok(info) if info.status == SandboxStatus::Running => {
                             if let Err(e) = inner.ensure_attached(&row.id, &cid, false).await {
                                 tracing::warn!(session = %row.id, error = %e, "cannot re-attach");
                             }
@@ -741,13 +738,10 @@ impl Inner {
             .remove(image);
     }
 
-    /// Attaches the session's hub to its running sandbox unless it is attached already.
-    ///
-    /// What pi printed while nobody was attached (the relay was down, or the attachment broke)
-    /// is read back from the engine's log first and journaled, so the sequence has no gap. A
-    /// running sandbox is paused meanwhile, so no line falls between the log and the new
-    /// attachment.
-    /// A stopped sandbox is only attached when `to_start` (the caller starts it next).
+    /// Attaches the session's hub to its sandbox unless it is attached already. What pi printed
+    /// while nobody was attached is first recovered from the engine's log (see
+    /// [`crate::recovery`]). A stopped sandbox is only attached when `to_start` (the caller
+    /// starts it next); a paused one must be unpaused first (the engine refuses to attach).
     async fn ensure_attached(
         &self,
         id: &str,
@@ -760,38 +754,21 @@ impl Inner {
             return Ok(());
         }
         let info = self.sandbox.inspect(cid).await?;
-        if !to_start && !matches!(info.status, SandboxStatus::Running | SandboxStatus::Paused) {
-            return Err(SandboxError::InvalidState(format!(
-                "sandbox is {}",
-                info.status.as_protocol_str()
-            )));
-        }
-        let paused_here =
-            info.status == SandboxStatus::Running && self.sandbox.pause(cid).await.is_ok();
-        let attached = async {
-            // The cursor must include every batch the previous attachment queued.
-            self.store.barrier().await.map_err(runtime)?;
-            let consumed = self.store.stdout_cursor(id).await.map_err(runtime)?;
-            let exited = matches!(info.status, SandboxStatus::Exited | SandboxStatus::Created);
-            let log = read_log_after(&*self.sandbox, cid, consumed, exited).await?;
-            if log.total < consumed {
-                tracing::warn!(session = %id, consumed, kept = log.total, "sandbox log was truncated; output printed while detached may be missing");
-                hub.log(format!(
-                    "relay: the engine kept only {} of {consumed} output lines; some output printed while the relay was away is lost",
-                    log.total
-                ));
+        // The cursor must include every batch the previous attachment queued.
+        self.store.barrier().await.map_err(runtime)?;
+        let consumed = self.store.stdout_cursor(id).await.map_err(runtime)?;
+        match info.status {
+            SandboxStatus::Running => {
+                crate::recovery::attach_running(&*self.sandbox, &hub, cid, consumed).await
             }
-            let total = log.total.max(consumed);
-            hub.recover(log.missed, total).await;
-            let io = self.sandbox.attach(cid).await?;
-            hub.attach(io, total, log.pending).await;
-            Ok(())
+            SandboxStatus::Created | SandboxStatus::Exited if to_start => {
+                crate::recovery::attach_stopped(&*self.sandbox, &hub, cid, consumed).await
+            }
+            other => Err(SandboxError::InvalidState(format!(
+                "sandbox is {}",
+                other.as_protocol_str()
+            ))),
         }
-        .await;
-        if paused_here && let Err(e) = self.sandbox.unpause(cid).await {
-            tracing::warn!(session = %id, error = %e, "cannot unpause after recovery");
-        }
-        attached
     }
 
     /// A session left in `creating` by a relay that stopped: adopt its container if it runs,
@@ -1124,57 +1101,6 @@ pub(crate) async fn note_exit(inner: Arc<Inner>, id: &str) {
         Ok(_) => {}
         Err(e) => hub.log(format!("relay: sandbox gone: {e}")),
     }
-}
-
-/// What the engine's log holds beyond the lines already consumed.
-struct LogTail {
-    /// Complete lines after the first `consumed`.
-    missed: Vec<bytes::Bytes>,
-    /// Complete lines in the log.
-    total: u64,
-    /// The start of a line still being written.
-    pending: bytes::Bytes,
-}
-
-async fn read_log_after(
-    sandbox: &dyn Sandbox,
-    cid: &SandboxId,
-    consumed: u64,
-    exited: bool,
-) -> Result<LogTail, SandboxError> {
-    use futures_util::StreamExt;
-    let mut stream = sandbox.stdout_log(cid).await?;
-    let mut splitter = relay_hub::lines::LineSplitter::new();
-    let mut lines = Vec::new();
-    let mut missed = Vec::new();
-    let mut total = 0u64;
-    while let Some(chunk) = stream.next().await {
-        if let relay_sandbox::OutputChunk::Stdout(b) = chunk? {
-            splitter.push(&b, &mut lines);
-            for line in lines.drain(..) {
-                total += 1;
-                if total > consumed {
-                    missed.push(line);
-                }
-            }
-        }
-    }
-    let mut pending = splitter.finish().unwrap_or_default();
-    // A process that exited will not finish its last line: the live reader took it as a
-    // line at end of stream, and so does recovery.
-    if exited && !pending.is_empty() {
-        total += 1;
-        if total > consumed {
-            missed.push(std::mem::take(&mut pending));
-        } else {
-            pending = bytes::Bytes::new();
-        }
-    }
-    Ok(LogTail {
-        missed,
-        total,
-        pending,
-    })
 }
 
 async fn purge_events(store: &Store, id: &str) {
