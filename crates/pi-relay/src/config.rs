@@ -215,6 +215,20 @@ mod tests {
     }
 
     #[test]
+    fn idle_settings_of_zero_or_less_are_refused() {
+        let parse = |args: &[&str]| {
+            let mut full = vec!["pi-relay", "serve"];
+            full.extend_from_slice(args);
+            Cli::try_parse_from(full).map(|_| ())
+        };
+        assert!(parse(&["--idle-timeout-secs", "0"]).is_err());
+        assert!(parse(&["--idle-timeout-secs", "-5"]).is_err());
+        assert!(parse(&["--idle-check-interval-secs", "0"]).is_err());
+        assert!(parse(&["--idle-timeout-secs", "60"]).is_ok());
+        assert!(parse(&["--idle-grace-secs", "0"]).is_ok());
+    }
+
+    #[test]
     fn root_sandboxes_are_refused() {
         assert!(parse(&["--sandbox-uid", "0"]).resolve().is_err());
     }

@@ -20,6 +20,8 @@ use writer::{Job, WriteOp};
 
 /// How many journal lines or jobs the writer commits in one transaction at most.
 const MAX_BATCH: usize = 4096;
+/// Reader connections kept open (and the most reads running at once).
+const READERS: usize = 4;
 /// Queue length between producers and the writer thread. A full queue slows producers down
 /// (and, through them, pi's stdout) instead of growing memory without bound.
 const WRITE_QUEUE: usize = 16 * 1024;
@@ -63,6 +65,9 @@ struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriteOp>,
     readers: Mutex<Vec<Connection>>,
+    /// One permit per pooled reader: reads beyond that wait rather than open more connections,
+    /// so the relay's file descriptors stay constant under load.
+    reader_permits: tokio::sync::Semaphore,
 }
 
 fn open_connection(path: &Path) -> Result<Connection, StoreError> {
@@ -90,6 +95,9 @@ impl Store {
     pub fn open(path: &Path) -> Result<Store, StoreError> {
         let mut conn = open_connection(path)?;
         migrations::apply(&mut conn)?;
+        let readers = (0..READERS)
+            .map(|_| open_connection(path))
+            .collect::<Result<Vec<_>, _>>()?;
         let (tx, rx) = mpsc::channel(WRITE_QUEUE);
         std::thread::Builder::new()
             .name("store-writer".into())
@@ -99,7 +107,8 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: tx,
-                readers: Mutex::new(Vec::new()),
+                readers: Mutex::new(readers),
+                reader_permits: tokio::sync::Semaphore::new(READERS),
             }),
         })
     }
@@ -142,17 +151,22 @@ impl Store {
         F: FnOnce(&Connection) -> Result<R, StoreError> + Send + 'static,
     {
         let inner = self.inner.clone();
+        let _permit = inner
+            .reader_permits
+            .acquire()
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let pool = self.inner.clone();
         tokio::task::spawn_blocking(move || {
-            let pooled = inner.readers.lock().map(|mut p| p.pop()).unwrap_or(None);
+            let pooled = pool.readers.lock().map(|mut p| p.pop()).unwrap_or(None);
+            // A permit guarantees a pooled connection; open one only if a panic lost it.
             let conn = match pooled {
                 Some(c) => c,
-                None => open_connection(&inner.path)?,
+                None => open_connection(&pool.path)?,
             };
             let result = f(&conn);
-            if let Ok(mut pool) = inner.readers.lock()
-                && pool.len() < 8
-            {
-                pool.push(conn);
+            if let Ok(mut readers) = pool.readers.lock() {
+                readers.push(conn);
             }
             result
         })

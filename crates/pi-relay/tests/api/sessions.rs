@@ -625,3 +625,29 @@ async fn startup_removes_sandboxes_and_directories_nobody_owns() {
     assert!(state.join("sessions/not-a-session").exists());
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn two_activates_at_once_both_succeed_on_one_sandbox() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let (a, b) = tokio::join!(app.activate(&id, "a"), app.activate(&id, "b"));
+    assert_eq!((a.status, b.status), (200, 200), "{} {}", a.body, b.body);
+    assert_eq!(a.body["data"]["status"], "active");
+    assert_eq!(app.fake.existing().len(), 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn deleting_a_session_while_it_is_created_leaves_nothing_behind() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let r = app.delete(&format!("/api/sessions/{id}")).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.get(&format!("/api/sessions/{id}")).await.status, 404);
+    assert!(app.fake.existing().is_empty());
+    assert!(!app.state_dir().join(format!("sessions/{id}")).exists());
+    assert!(!app.state_dir().join(format!("pi-secrets-{id}")).exists());
+    let r = app.activate(&id, "c").await;
+    assert_eq!(r.status, 404);
+    app.shutdown().await;
+}
