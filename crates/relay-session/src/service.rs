@@ -800,11 +800,15 @@ impl Inner {
         }
         self.teardown(&row.id, row.sandbox_provider_id.as_deref())
             .await;
+        let reason = "the relay stopped while the sandbox was being created";
+        if let Ok(hub) = self.hubs.get_or_create(&row.id).await {
+            hub.log(format!("relay: session failed: {reason}"));
+        }
         self.store
             .set_status(
                 &row.id,
                 "error",
-                Some("the relay stopped while the sandbox was being created".into()),
+                Some(reason.into()),
                 &relay_hub::timestamp(),
             )
             .await?;

@@ -651,3 +651,59 @@ async fn deleting_a_session_while_it_is_created_leaves_nothing_behind() {
     assert_eq!(r.status, 404);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn sessions_left_creating_by_a_stopped_relay_are_adopted_or_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let first_args = args(dir.path(), &[]);
+    let first = start(dir, first_args, fake.clone()).await;
+    let running = first.active_session().await;
+    let gone = first.active_session().await;
+    let gone_cid = relay_sandbox::SandboxId(
+        first.get(&format!("/api/sessions/{gone}")).await.body["data"]["sandboxProviderId"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    let TestApp { relay, dir, .. } = first;
+    relay.unwrap().shutdown().await;
+    // As if the relay had died in the middle of provisioning both sessions: one container got
+    // started, the other never did.
+    relay_sandbox::Sandbox::remove(&fake, &gone_cid)
+        .await
+        .unwrap();
+    {
+        let store = relay_store::Store::open(&dir.path().join("data/relay.db")).unwrap();
+        for id in [&running, &gone] {
+            store
+                .set_status(id, "creating", None, "2026-01-01T00:00:00.000Z")
+                .await
+                .unwrap();
+        }
+        store.barrier().await.unwrap();
+    }
+
+    let second_args = args(dir.path(), &[]);
+    let second = start(dir, second_args, fake.clone()).await;
+    let s = second.get(&format!("/api/sessions/{running}")).await.body["data"].clone();
+    assert_eq!(s["status"], "active", "the running container was adopted");
+    let (mut ws, _) = second.connect(&running, "c", 0).await;
+    send(&mut ws, json!({"id": "g", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g");
+    let s = second.get(&format!("/api/sessions/{gone}")).await.body["data"].clone();
+    assert_eq!(s["status"], "error");
+    let r = second.activate(&gone, "c").await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (409, Some("Session is in error state"))
+    );
+    let logs =
+        second.get(&format!("/api/sessions/{gone}/logs")).await.body["data"]["lines"].to_string();
+    assert!(
+        logs.contains("the relay stopped while the sandbox was being created"),
+        "{logs}"
+    );
+    assert_eq!(fake.existing().len(), 1);
+    second.shutdown().await;
+}
