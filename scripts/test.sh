@@ -15,4 +15,6 @@ else
     bash scripts/docker-up.sh   # only installs the image build's host tools if missing
 fi
 bash images/sandbox-debian/build.sh
+# The fault tests run the fake pi in this image (long, fast, deterministic runs).
+bash images/bench-fake-pi/build.sh
 cargo test --workspace --all-features --locked "$@"

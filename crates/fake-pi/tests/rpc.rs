@@ -458,6 +458,59 @@ async fn flood_n_writes_exactly_n_message_updates() {
 }
 
 #[tokio::test]
+async fn pace_n_writes_n_stamped_updates_at_the_asked_rate() {
+    let (n, interval_us): (usize, u64) = (50, 1000);
+    let before = realtime_ns();
+    let (code, lines) = exchange(&[&format!(
+        r#"{{"id":"p","type":"prompt","message":"pace {n} {interval_us}"}}"#
+    )])
+    .await;
+    let after = realtime_ns();
+    assert_eq!(code, 0);
+    assert_eq!(lines.len(), n + 4);
+    let kinds: Vec<String> = [0, 1, n + 2, n + 3]
+        .iter()
+        .map(|&i| shape(&parse(&lines[i])).0)
+        .collect();
+    assert_eq!(
+        kinds,
+        ["response", "agent_start", "agent_end", "agent_settled"]
+    );
+    let flood_line = exchange(&[r#"{"type":"prompt","message":"flood 1"}"#])
+        .await
+        .1
+        .remove(2);
+    let mut stamps = Vec::new();
+    for line in &lines[2..n + 2] {
+        let mut update = parse(line);
+        let stamp = update["sentAtNs"].as_u64().expect("sentAtNs is an integer");
+        // Apart from the stamp, the last key, a paced update is the flood's line.
+        assert!(
+            line.ends_with(&format!(",\"sentAtNs\":{stamp}}}")),
+            "{line}"
+        );
+        update.as_object_mut().unwrap().remove("sentAtNs");
+        assert_eq!(update, parse(&flood_line));
+        stamps.push(u128::from(stamp));
+    }
+    assert!(stamps.windows(2).all(|w| w[0] <= w[1]), "stamps go forward");
+    assert!(before <= stamps[0] && stamps[n - 1] <= after);
+    // The i-th line is due i intervals after the first, so the run cannot be faster than that.
+    let spread_us = (stamps[n - 1] - stamps[0]) / 1000;
+    assert!(
+        spread_us >= (n as u128 - 1) * u128::from(interval_us),
+        "{spread_us} µs"
+    );
+}
+
+fn realtime_ns() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos()
+}
+
+#[tokio::test]
 async fn big_n_writes_one_line_longer_than_n() {
     let n = 300_000;
     let (_, lines) = exchange(&[&format!(r#"{{"type":"prompt","message":"big {n}"}}"#)]).await;

@@ -91,13 +91,18 @@ fn text(b: Bytes) -> Option<Message> {
     Utf8Bytes::try_from(b).ok().map(Message::Text)
 }
 
+/// How long a close frame may wait for a client that does not read; then the connection is
+/// dropped without it.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 async fn close_sink(sink: &mut Sink, code: u16, reason: &str) {
-    let _ = sink
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
+    let frame = Message::Close(Some(CloseFrame {
+        code,
+        reason: reason.into(),
+    }));
+    // A client cut off for not reading will not read its close frame either: don't wait for it
+    // forever, or the socket (and its buffers) would stay.
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
 }
 
 /// Sends `connected`, the replay, then live frames until the hub, the relay or the socket ends
@@ -153,39 +158,67 @@ async fn write_loop(
                 return conn;
             }
             _ = kicked.cancelled() => {
-                close_sink(&mut sink, CLOSE_TOO_SLOW, "Client too slow; reconnect with lastSeq").await;
+                close_sink(&mut sink, CLOSE_TOO_SLOW, TOO_SLOW).await;
                 return conn;
             }
             frame = conn.recv() => frame,
         };
-        let mut next = frame;
-        let mut fed = 0;
-        loop {
-            match next {
-                Some(Outbound::Text(b)) => {
-                    if let Some(m) = text(b)
-                        && sink.feed(m).await.is_err()
-                    {
-                        return conn;
-                    }
-                }
-                Some(Outbound::Close(code, reason)) => {
-                    close_sink(&mut sink, code, &reason).await;
-                    return conn;
-                }
-                None => return conn,
+        // Writing blocks while the client does not read: race it against being cut off, or a
+        // stalled client would keep its socket (and the relay's buffers) forever.
+        let sent = tokio::select! {
+            biased;
+            _ = kicked.cancelled() => Sent::Kicked,
+            sent = send_batch(&mut sink, &mut conn, frame) => sent,
+        };
+        match sent {
+            Sent::More => {}
+            Sent::Done => return conn,
+            Sent::Kicked => {
+                close_sink(&mut sink, CLOSE_TOO_SLOW, TOO_SLOW).await;
+                return conn;
             }
-            fed += 1;
-            if fed >= FLUSH_EVERY {
-                break;
-            }
-            next = match conn.try_recv() {
-                Some(f) => Some(f),
-                None => break,
-            };
-        }
-        if sink.flush().await.is_err() {
-            return conn;
         }
     }
+}
+
+const TOO_SLOW: &str = "Client too slow; reconnect with lastSeq";
+
+enum Sent {
+    More,
+    Done,
+    Kicked,
+}
+
+/// Writes `first` and whatever else is queued (up to [`FLUSH_EVERY`] frames), then flushes.
+async fn send_batch(sink: &mut Sink, conn: &mut ClientConn, first: Option<Outbound>) -> Sent {
+    let mut next = first;
+    let mut fed = 0;
+    loop {
+        match next {
+            Some(Outbound::Text(b)) => {
+                if let Some(m) = text(b)
+                    && sink.feed(m).await.is_err()
+                {
+                    return Sent::Done;
+                }
+            }
+            Some(Outbound::Close(code, reason)) => {
+                close_sink(sink, code, &reason).await;
+                return Sent::Done;
+            }
+            None => return Sent::Done,
+        }
+        fed += 1;
+        if fed >= FLUSH_EVERY {
+            break;
+        }
+        next = match conn.try_recv() {
+            Some(f) => Some(f),
+            None => break,
+        };
+    }
+    if sink.flush().await.is_err() {
+        return Sent::Done;
+    }
+    Sent::More
 }

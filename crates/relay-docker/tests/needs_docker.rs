@@ -73,13 +73,15 @@ mod helpers {
         vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
     }
 
-    /// The three host directories of a session, owned by the sandbox uid.
+    /// The three host directories of a session, owned by the sandbox uid, and the files the
+    /// relay generates for it (passwd, group, the fixuid marker).
     #[derive(Debug)]
     pub struct Dirs {
         _root: tempfile::TempDir,
         pub workspace: PathBuf,
         pub agent: PathBuf,
         pub secrets: PathBuf,
+        pub generated: PathBuf,
         pub secret_value: String,
     }
 
@@ -112,11 +114,24 @@ mod helpers {
             set_mode(root.path(), 0o755);
             set_mode(&secrets, 0o700);
             set_mode(&secrets.join(SECRET_FILE), 0o600);
+            // As the relay does (relay_session::layout): the image's fixuid then execs
+            // straight through, which it must under no-new-privileges.
+            let generated = root.path().join("sandbox");
+            std::fs::create_dir(&generated).expect("mkdir");
+            std::fs::write(
+                generated.join("passwd"),
+                relay_session::layout::passwd(UID, GID),
+            )
+            .expect("write passwd");
+            std::fs::write(generated.join("group"), relay_session::layout::group(GID))
+                .expect("write group");
+            std::fs::write(generated.join("fixuid.ran"), "").expect("write marker");
             Dirs {
                 _root: root,
                 workspace,
                 agent,
                 secrets,
+                generated,
                 secret_value,
             }
         }
@@ -190,6 +205,21 @@ mod helpers {
                     Mount {
                         host: path(&d.secrets),
                         target: "/run/secrets".to_owned(),
+                        read_only: true,
+                    },
+                    Mount {
+                        host: path(&d.generated.join("passwd")),
+                        target: "/etc/passwd".to_owned(),
+                        read_only: true,
+                    },
+                    Mount {
+                        host: path(&d.generated.join("group")),
+                        target: "/etc/group".to_owned(),
+                        read_only: true,
+                    },
+                    Mount {
+                        host: path(&d.generated.join("fixuid.ran")),
+                        target: "/var/run/fixuid.ran".to_owned(),
                         read_only: true,
                     },
                 ],
@@ -497,13 +527,17 @@ async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardenin
 
     // Mounts as requested (HostConfig) and as the engine set them up (MountPoints).
     let requested = hc.mounts.clone().unwrap_or_default();
-    assert_eq!(requested.len(), 3, "{requested:?}");
+    assert_eq!(requested.len(), 6, "{requested:?}");
     let points = raw.mounts.clone().unwrap_or_default();
-    assert_eq!(points.len(), 3, "{points:?}");
+    assert_eq!(points.len(), 6, "{points:?}");
+    let generated = |name: &str| fx.dirs.generated.join(name);
     for (target, host, rw) in [
         ("/workspace", &fx.dirs.workspace, true),
         ("/data/agent", &fx.dirs.agent, true),
         ("/run/secrets", &fx.dirs.secrets, false),
+        ("/etc/passwd", &generated("passwd"), false),
+        ("/etc/group", &generated("group"), false),
+        ("/var/run/fixuid.ran", &generated("fixuid.ran"), false),
     ] {
         let host = host.to_str().unwrap();
         let m = requested

@@ -19,6 +19,10 @@ pub(crate) enum WriteOp {
 }
 
 pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
+    // A larger page cache keeps the journal's index pages in memory while it grows.
+    if let Err(e) = conn.pragma_update(None, "cache_size", -16 * 1024) {
+        tracing::warn!(error = %e, "cannot enlarge the writer's page cache");
+    }
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);

@@ -481,3 +481,42 @@ async fn output_printed_while_the_relay_was_down_is_recovered_into_the_journal()
     assert_eq!(next_json(&mut ws).await["id"], "g");
     second.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_is_disconnected_and_can_resume() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut driver, _) = app.connect(&id, "driver", 0).await;
+    let (mut stalled, _) = app.connect(&id, "stalled", 0).await;
+    send(
+        &mut driver,
+        json!({"id": "f", "type": "prompt", "message": "flood 60000"}),
+    )
+    .await;
+    until_type(&mut driver, "agent_settled").await;
+    // The stalled client never read; give the relay its close timeout, then look at what it
+    // left in the socket: some frames, then the end, not the whole flood.
+    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    let mut frames = 0u64;
+    let ending = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(std::time::Duration::from_secs(10), stalled.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => break None,
+            Err(_) => panic!("the relay kept the stalled socket open ({frames} frames read)"),
+        }
+    };
+    assert!(frames < 60_000, "{frames}");
+    assert!(ending.is_none() || ending == Some(4008), "{ending:?}");
+    // It resumes from what it saw.
+    let (mut again, connected) = app.connect(&id, "stalled", frames).await;
+    let total = connected["lastSeq"].as_u64().unwrap();
+    if frames > 0 && frames < total {
+        assert_eq!(next_json(&mut again).await["type"], "replay_start");
+        let replay = until_type(&mut again, "replay_end").await;
+        assert_eq!(replay.len() as u64, total - frames + 1);
+    }
+    app.shutdown().await;
+}

@@ -1,0 +1,346 @@
+//! The baseline: the same image run straight through the Engine API, with no relay in between.
+//! Containers get the relay's exact configuration (see [`Raw::spec`]), fresh session-like
+//! directories, and this run's instance label, so the final sweep removes them too.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use relay_docker::DockerSandbox;
+use relay_sandbox::{
+    LABEL_INSTANCE, LABEL_SESSION, Limits, Mount, OutputChunk, OutputStream, Sandbox, SandboxId,
+    SandboxSpec, SandboxStatus,
+};
+use relay_session::layout::SessionLayout;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use super::{BoxError, Context, sys};
+
+/// Limit of the readiness check of a fresh container.
+const READY_LIMIT: Duration = Duration::from_secs(60);
+
+/// Engine API timings of one raw create → running.
+#[derive(Clone, Copy, Debug)]
+pub struct RawTimes {
+    pub create: Duration,
+    pub start: Duration,
+    pub inspect: Duration,
+    pub total: Duration,
+}
+
+/// Creates and removes baseline containers.
+#[derive(Debug)]
+pub struct Raw {
+    docker: DockerSandbox,
+    image_id: String,
+    state_dir: PathBuf,
+    user: (u32, u32),
+    chown: bool,
+    instance_id: String,
+    next: AtomicU64,
+    created: Mutex<Vec<SandboxId>>,
+}
+
+impl Raw {
+    /// Baseline containers of `image_id`, with session directories under `state_dir`, run as
+    /// the user the relay would pick (it runs as the same user as the benchmark).
+    pub fn new(
+        docker: DockerSandbox,
+        image_id: String,
+        state_dir: PathBuf,
+        instance_id: String,
+    ) -> Result<Raw, BoxError> {
+        let (euid, egid) = sys::effective_ids().ctx("reading this process's uid")?;
+        // As pi-relay's `Relay::start`: as root, sandboxes run as 1000:1000 (its default
+        // --sandbox-uid/gid) with directories handed to them; otherwise as the relay's own user.
+        let root = euid == 0;
+        Ok(Raw {
+            docker,
+            image_id,
+            state_dir,
+            user: if root { (1000, 1000) } else { (euid, egid) },
+            chown: root,
+            instance_id,
+            next: AtomicU64::new(1),
+            created: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A fresh container spec with its directories created (not timed: the relay's equivalent
+    /// work is part of what the relay is measured on, the baseline is the engine alone).
+    async fn prepare(&self) -> Result<SandboxSpec, BoxError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let id = format!("raw-{}-{n}", std::process::id());
+        let layout = SessionLayout::new(&self.state_dir, &id);
+        let prepared = layout.clone();
+        let (uid, gid, chown) = (self.user.0, self.user.1, self.chown);
+        tokio::task::spawn_blocking(move || prepared.prepare(uid, gid, chown))
+            .await
+            .ctx("preparing raw session directories")?
+            .ctx("preparing raw session directories")?;
+        Ok(self.spec(&id, &layout))
+    }
+
+    /// The relay's container configuration for a chat session in the default environment: a
+    /// copy of `relay_session`'s `Inner::spec` (with `limits_for(None)`), which is private.
+    /// Keep the two in step.
+    fn spec(&self, id: &str, layout: &SessionLayout) -> SandboxSpec {
+        let (uid, gid) = self.user;
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        const GIB: i64 = 1024 * 1024 * 1024;
+        SandboxSpec {
+            name: format!("pi-bench-{id}"),
+            image: self.image_id.clone(),
+            command: ["pi", "--mode", "rpc", "--session-id", id]
+                .map(str::to_owned)
+                .to_vec(),
+            env: vec![
+                ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
+                ("HOME".to_owned(), "/home/user".to_owned()),
+                ("PI_SESSION_ID".to_owned(), id.to_owned()),
+            ],
+            user: (uid, gid),
+            working_dir: "/workspace".into(),
+            mounts: vec![
+                Mount {
+                    host: path(&layout.workspace),
+                    target: "/workspace".into(),
+                    read_only: false,
+                },
+                Mount {
+                    host: path(&layout.agent),
+                    target: "/data/agent".into(),
+                    read_only: false,
+                },
+                Mount {
+                    host: path(&layout.secrets),
+                    target: "/run/secrets".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("passwd")),
+                    target: "/etc/passwd".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("group")),
+                    target: "/etc/group".into(),
+                    read_only: true,
+                },
+                Mount {
+                    host: path(&layout.generated.join("fixuid.ran")),
+                    target: "/var/run/fixuid.ran".into(),
+                    read_only: true,
+                },
+            ],
+            tmpfs: vec![(
+                "/home/user".into(),
+                format!("uid={uid},gid={gid},mode=0700,exec,size=268435456"),
+            )],
+            labels: BTreeMap::from([
+                (LABEL_SESSION.to_owned(), id.to_owned()),
+                (LABEL_INSTANCE.to_owned(), self.instance_id.clone()),
+            ]),
+            network: "none".into(),
+            limits: Limits {
+                memory_bytes: Some(2 * GIB),
+                nano_cpus: Some(2_000_000_000),
+                pids: Some(512),
+            },
+            hardened: true,
+        }
+    }
+
+    async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, BoxError> {
+        let id = self.docker.create(spec).await.ctx("raw create container")?;
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(id.clone());
+        Ok(id)
+    }
+
+    /// Create + start + inspect, each timed; the container keeps running until
+    /// [`Raw::remove_all`].
+    pub async fn create_start_inspect(&self) -> Result<RawTimes, BoxError> {
+        let spec = self.prepare().await?;
+        let t0 = Instant::now();
+        let id = self.create(&spec).await?;
+        let t1 = Instant::now();
+        self.docker.start(&id).await.ctx("raw start container")?;
+        let t2 = Instant::now();
+        let info = self
+            .docker
+            .inspect(&id)
+            .await
+            .ctx("raw inspect container")?;
+        let t3 = Instant::now();
+        if info.status != SandboxStatus::Running {
+            return Err(format!(
+                "raw container is {} right after start (exit code {:?})",
+                info.status.as_protocol_str(),
+                info.exit_code
+            )
+            .into());
+        }
+        Ok(RawTimes {
+            create: t1 - t0,
+            start: t2 - t1,
+            inspect: t3 - t2,
+            total: t3 - t0,
+        })
+    }
+
+    /// A running container attached before start, as the relay attaches, whose pi has answered
+    /// a `get_state`.
+    pub async fn start_attached(&self) -> Result<RawPi, BoxError> {
+        let spec = self.prepare().await?;
+        let id = self.create(&spec).await?;
+        let io = self.docker.attach(&id).await.ctx("raw attach")?;
+        self.docker.start(&id).await.ctx("raw start container")?;
+        let mut pi = RawPi {
+            id,
+            output: io.output,
+            input: io.input,
+            carry: Vec::new(),
+        };
+        pi.send_line(r#"{"id":"ready","type":"get_state"}"#).await?;
+        pi.read_until(READY_LIMIT, |l| l.starts_with(br#"{"id":"ready""#), |_| {})
+            .await
+            .ctx("raw pi readiness")?;
+        Ok(pi)
+    }
+
+    /// Removes a container this run created.
+    pub async fn remove(&self, id: &SandboxId) -> Result<(), BoxError> {
+        self.docker
+            .remove(id)
+            .await
+            .ctx("removing a raw container")?;
+        self.created
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|c| c != id);
+        Ok(())
+    }
+
+    /// Removes every container this run created, a few at a time; returns the failures.
+    pub async fn remove_all(&self) -> Vec<String> {
+        let ids = std::mem::take(&mut *self.created.lock().unwrap_or_else(|p| p.into_inner()));
+        let mut errors = Vec::new();
+        for chunk in ids.chunks(5) {
+            let results =
+                futures_util::future::join_all(chunk.iter().map(|id| self.docker.remove(id))).await;
+            errors.extend(
+                results
+                    .into_iter()
+                    .filter_map(|r| r.err().map(|e| e.to_string())),
+            );
+        }
+        errors
+    }
+}
+
+/// An attached baseline container.
+pub struct RawPi {
+    pub id: SandboxId,
+    output: OutputStream,
+    input: Pin<Box<dyn AsyncWrite + Send>>,
+    /// The unterminated end of the last chunk.
+    carry: Vec<u8>,
+}
+
+impl std::fmt::Debug for RawPi {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RawPi")
+            .field("id", &self.id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RawPi {
+    /// Writes one command line to pi's stdin.
+    pub async fn send_line(&mut self, line: &str) -> Result<(), BoxError> {
+        let mut bytes = Vec::with_capacity(line.len() + 1);
+        bytes.extend_from_slice(line.as_bytes());
+        bytes.push(b'\n');
+        tokio::time::timeout(Duration::from_secs(30), async {
+            self.input.write_all(&bytes).await?;
+            self.input.flush().await
+        })
+        .await
+        .map_err(|_| "writing to raw pi's stdin timed out")?
+        .ctx("writing to raw pi's stdin")?;
+        Ok(())
+    }
+
+    /// Reads stdout lines, calling `each` on every one, until one satisfies `done` (included);
+    /// returns how many lines were read. Splits on `\n` like the relay does.
+    pub async fn read_until(
+        &mut self,
+        limit: Duration,
+        done: impl Fn(&[u8]) -> bool,
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<u64, BoxError> {
+        let deadline = tokio::time::sleep(limit);
+        tokio::pin!(deadline);
+        let mut lines = 0u64;
+        // Lines left over from the previous read come first.
+        let leftover = std::mem::take(&mut self.carry);
+        if self.feed(&leftover, &done, &mut each, &mut lines) {
+            return Ok(lines);
+        }
+        loop {
+            let chunk = tokio::select! {
+                biased;
+                c = self.output.next() => c,
+                () = &mut deadline => return Err(format!("raw pi: no end within {limit:?} ({lines} lines)").into()),
+            };
+            let bytes = match chunk {
+                Some(Ok(OutputChunk::Stdout(b))) => b,
+                Some(Ok(OutputChunk::Stderr(_))) => continue,
+                Some(Err(e)) => return Err(format!("raw attach stream: {e}").into()),
+                None => return Err(format!("raw pi's output ended after {lines} lines").into()),
+            };
+            if self.feed(&bytes, &done, &mut each, &mut lines) {
+                return Ok(lines);
+            }
+        }
+    }
+
+    /// Splits `bytes` (after the carried partial line) into lines; true once `done` matched,
+    /// with the rest carried for the next read.
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        done: &impl Fn(&[u8]) -> bool,
+        each: &mut impl FnMut(&[u8]),
+        lines: &mut u64,
+    ) -> bool {
+        let mut rest = bytes;
+        while let Some(nl) = rest.iter().position(|b| *b == b'\n') {
+            let (line, after) = rest.split_at(nl);
+            rest = &after[1..];
+            let finished = if self.carry.is_empty() {
+                each(line);
+                done(line)
+            } else {
+                self.carry.extend_from_slice(line);
+                let line = std::mem::take(&mut self.carry);
+                each(&line);
+                done(&line)
+            };
+            *lines += 1;
+            if finished {
+                self.carry.extend_from_slice(rest);
+                return true;
+            }
+        }
+        self.carry.extend_from_slice(rest);
+        false
+    }
+}
