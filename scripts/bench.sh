@@ -19,4 +19,4 @@ if [[ $commit != unknown ]] && ! git diff --quiet HEAD 2>/dev/null; then
     commit="$commit-dirty"
 fi
 export GIT_COMMIT=$commit
-exec ./target/release/pi-relay bench "$@"
+exec "${CARGO_TARGET_DIR:-target}/release/pi-relay" bench "$@"

@@ -1,6 +1,7 @@
-//! Startup and shutdown: builds the store, the sandbox provider and the session service from the
-//! configuration, recovers what a previous run left, serves the API, and on SIGINT/SIGTERM
-//! closes clients and stops background work while leaving sandboxes running.
+//! Startup and shutdown: locks the database, opens the store and the secrets vault (refusing a
+//! key that cannot decrypt the stored secrets), builds the sandbox provider and the services
+//! from the configuration, recovers what a previous run left, serves the API, and on
+//! SIGINT/SIGTERM closes clients and stops background work while leaving sandboxes running.
 
 use std::error::Error;
 use std::net::SocketAddr;
@@ -10,12 +11,17 @@ use std::time::Duration;
 
 use relay_api::AppState;
 use relay_sandbox::Sandbox;
+use relay_session::environments::EnvironmentService;
+use relay_session::secrets::SecretService;
+use relay_session::settings::SettingsService;
+use relay_session::vault::{self, KeySource};
 use relay_session::{SessionConfig, SessionService};
 use relay_store::Store;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::config::{Resolved, ServeArgs};
+use crate::lock::StoreLock;
 
 type BoxError = Box<dyn Error + Send + Sync>;
 
@@ -31,6 +37,8 @@ pub struct Relay {
     cancel: CancellationToken,
     tasks: TaskTracker,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Held until the relay is dropped: no second relay or `secrets` command on this database.
+    _lock: StoreLock,
 }
 
 fn effective_ids() -> (u32, u32) {
@@ -80,7 +88,22 @@ impl Relay {
         if let Some(parent) = dirs.db_path.parent() {
             std::fs::create_dir_all(parent)?;
         }
+        let lock = StoreLock::acquire(&dirs.db_path)?;
         let store = Store::open(&dirs.db_path)?;
+        // Before anything else writes: a key that cannot decrypt the stored secrets stops the
+        // start here, with nothing changed.
+        let key_source = KeySource::new(args.encryption_key.clone(), &dirs.config_dir);
+        let key_file = dirs.config_dir.join(vault::KEY_FILE_NAME);
+        if matches!(key_source, KeySource::Env(_)) && key_file.exists() {
+            // One key source only: two that disagree is how secrets become undecryptable.
+            tracing::warn!(path = %key_file.display(), "RELAY_ENCRYPTION_KEY is set; the key file is not used");
+        }
+        let vault = vault::open(&store, &key_source).await?;
+        tracing::info!(key_version = vault.version(), "secrets vault ready");
+        let secrets = SecretService::new(store.clone(), vault);
+        let environments =
+            EnvironmentService::new(store.clone(), sandbox.clone(), args.sandbox_image.clone());
+        let settings = SettingsService::new(store.clone());
         let (euid, egid) = effective_ids();
         let root = euid == 0;
         let cfg = SessionConfig {
@@ -100,7 +123,14 @@ impl Relay {
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let sessions = SessionService::new(store, sandbox, cfg, tasks.clone(), cancel.clone());
+        let sessions = SessionService::new(
+            store,
+            sandbox,
+            cfg,
+            secrets.clone(),
+            tasks.clone(),
+            cancel.clone(),
+        );
         sessions.ensure_default_environment().await?;
         match sessions.warm_image(&args.sandbox_image).await {
             Ok(id) => tracing::info!(image = %args.sandbox_image, id = %id, "sandbox image ready"),
@@ -109,6 +139,8 @@ impl Relay {
             }
         }
         sessions.recover().await?;
+        // Secrets may have been deleted (`pi-relay secrets forget`) while the relay was down.
+        sessions.refresh_secret_files().await;
         let reaper = relay_session::reaper::IdleReaper::new(
             sessions.clone(),
             relay_session::reaper::IdlePolicy {
@@ -116,7 +148,8 @@ impl Relay {
                 grace: Duration::from_secs(args.idle_grace_secs),
             },
             Duration::from_secs(args.idle_check_interval_secs),
-        );
+        )
+        .with_settings(settings.clone());
         tasks.spawn(reaper.run(cancel.clone()));
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
@@ -124,6 +157,9 @@ impl Relay {
         let addr = listener.local_addr()?;
         let state = AppState {
             sessions: sessions.clone(),
+            secrets,
+            environments,
+            settings,
             auth_token: args.auth_token.clone(),
             commit: std::env::var("GIT_COMMIT")
                 .ok()
@@ -142,6 +178,7 @@ impl Relay {
             cancel,
             tasks,
             server,
+            _lock: lock,
         })
     }
 
@@ -190,7 +227,8 @@ async fn signalled() {
 }
 
 /// `pi-relay serve`.
-pub async fn serve(args: ServeArgs) -> Result<(), BoxError> {
+pub async fn serve(mut args: ServeArgs) -> Result<(), BoxError> {
+    args.encryption_key = crate::config::encryption_key_from_env()?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| format!("invalid --log filter {:?}: {e}", args.log))?;
     tracing_subscriber::fmt()

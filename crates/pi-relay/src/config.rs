@@ -5,6 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use secrecy::SecretString;
 
 /// pi-relay: every pi coding-agent session in its own sandbox container.
 #[derive(Debug, Parser)]
@@ -20,6 +21,85 @@ pub enum Command {
     Serve(Box<ServeArgs>),
     /// Measure the relay against raw Docker on this machine (see docs/benchmarks.md).
     Bench(crate::bench::BenchArgs),
+    /// Manage the secrets vault (stop the relay first).
+    #[command(subcommand)]
+    Secrets(SecretsCommand),
+}
+
+/// `pi-relay secrets …`
+#[derive(Debug, Subcommand)]
+pub enum SecretsCommand {
+    /// Re-encrypt every stored secret under a new key (key version + 1) in one transaction.
+    /// With the key file, the new key replaces it; with RELAY_ENCRYPTION_KEY, the new key is
+    /// printed and the variable must be set to it before the next start. Stop the relay first.
+    RotateKey(RotateKeyArgs),
+    /// Delete every stored secret and the key check, for when the key is lost for good.
+    Forget(ForgetArgs),
+}
+
+/// Where the relay keeps its database and key file (the same flags and variables as `serve`).
+#[derive(Clone, Debug, Args)]
+pub struct StoreArgs {
+    /// Where the database lives [default: $XDG_DATA_HOME/pi-relay]
+    #[arg(long, env = "PI_RELAY_DATA_DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Relay configuration, including the key file [default: $XDG_CONFIG_HOME/pi-relay]
+    #[arg(long, env = "PI_RELAY_CONFIG_DIR")]
+    pub config_dir: Option<PathBuf>,
+    /// SQLite database file [default: <data dir>/relay.db]
+    #[arg(long, env = "PI_RELAY_DB_PATH")]
+    pub db_path: Option<PathBuf>,
+}
+
+impl StoreArgs {
+    /// (config dir, database path) with the defaults of `serve`.
+    pub fn resolve(&self) -> (PathBuf, PathBuf) {
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let config_dir = self.config_dir.clone().unwrap_or_else(default_config_dir);
+        let db_path = self
+            .db_path
+            .clone()
+            .unwrap_or_else(|| data_dir.join("relay.db"));
+        (config_dir, db_path)
+    }
+}
+
+/// Settings of `pi-relay secrets rotate-key`.
+#[derive(Clone, Debug, Args)]
+pub struct RotateKeyArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// The new key (base64 of 32 bytes) instead of a random one. Prefer the variable: a flag
+    /// shows in the process list.
+    #[arg(long, env = "RELAY_NEW_ENCRYPTION_KEY", hide_env_values = true)]
+    pub new_key: Option<String>,
+}
+
+/// Settings of `pi-relay secrets forget`.
+#[derive(Clone, Debug, Args)]
+pub struct ForgetArgs {
+    #[command(flatten)]
+    pub store: StoreArgs,
+    /// Confirms that every stored secret is to be deleted.
+    #[arg(long)]
+    pub yes: bool,
+}
+
+/// The key in `RELAY_ENCRYPTION_KEY`, if set. It is read from the environment only: on the
+/// command line it would show in the process list.
+pub fn encryption_key_from_env() -> Result<Option<SecretString>, String> {
+    match std::env::var_os(relay_session::vault::KEY_ENV) {
+        None => Ok(None),
+        Some(v) => v
+            .into_string()
+            .map(|s| Some(SecretString::from(s)))
+            .map_err(|_| {
+                format!(
+                    "{} is not valid base64 (it is not even UTF-8)",
+                    relay_session::vault::KEY_ENV
+                )
+            }),
+    }
 }
 
 /// Settings of `pi-relay serve`.
@@ -98,6 +178,10 @@ pub struct ServeArgs {
     /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
     #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
     pub log: String,
+    /// `RELAY_ENCRYPTION_KEY` (see [`encryption_key_from_env`]); `None` uses the key file
+    /// `<config dir>/encryption.key`.
+    #[arg(skip)]
+    pub encryption_key: Option<SecretString>,
 }
 
 /// Settings resolved to concrete values.
@@ -107,6 +191,14 @@ pub struct Resolved {
     pub config_dir: PathBuf,
     pub state_dir: PathBuf,
     pub db_path: PathBuf,
+}
+
+fn default_data_dir() -> PathBuf {
+    xdg("XDG_DATA_HOME", ".local/share").join("pi-relay")
+}
+
+fn default_config_dir() -> PathBuf {
+    xdg("XDG_CONFIG_HOME", ".config").join("pi-relay")
 }
 
 fn xdg(var: &str, fallback: &str) -> PathBuf {
@@ -142,14 +234,8 @@ impl ServeArgs {
                 "sandboxes never run as root: --sandbox-uid/--sandbox-gid must not be 0".into(),
             );
         }
-        let data_dir = self
-            .data_dir
-            .clone()
-            .unwrap_or_else(|| xdg("XDG_DATA_HOME", ".local/share").join("pi-relay"));
-        let config_dir = self
-            .config_dir
-            .clone()
-            .unwrap_or_else(|| xdg("XDG_CONFIG_HOME", ".config").join("pi-relay"));
+        let data_dir = self.data_dir.clone().unwrap_or_else(default_data_dir);
+        let config_dir = self.config_dir.clone().unwrap_or_else(default_config_dir);
         let state_dir = self
             .state_dir
             .clone()
@@ -181,7 +267,7 @@ mod tests {
         full.extend_from_slice(args);
         match Cli::parse_from(full).command {
             Command::Serve(s) => *s,
-            Command::Bench(_) => unreachable!(),
+            _ => unreachable!(),
         }
     }
 
@@ -226,6 +312,34 @@ mod tests {
         assert!(parse(&["--idle-check-interval-secs", "0"]).is_err());
         assert!(parse(&["--idle-timeout-secs", "60"]).is_ok());
         assert!(parse(&["--idle-grace-secs", "0"]).is_ok());
+    }
+
+    #[test]
+    fn secrets_commands_share_the_store_location_flags_of_serve() {
+        let cli = Cli::parse_from([
+            "pi-relay",
+            "secrets",
+            "rotate-key",
+            "--data-dir",
+            "/d",
+            "--config-dir",
+            "/c",
+        ]);
+        let Command::Secrets(SecretsCommand::RotateKey(a)) = cli.command else {
+            panic!("parsed as another command");
+        };
+        assert_eq!(
+            a.store.resolve(),
+            (PathBuf::from("/c"), PathBuf::from("/d/relay.db"))
+        );
+        assert!(a.new_key.is_none());
+        let cli = Cli::parse_from(["pi-relay", "secrets", "forget", "--yes"]);
+        assert!(matches!(
+            cli.command,
+            Command::Secrets(SecretsCommand::Forget(ForgetArgs { yes: true, .. }))
+        ));
+        // The key itself has no flag: it would show in the process list.
+        assert!(Cli::try_parse_from(["pi-relay", "serve", "--encryption-key", "x"]).is_err());
     }
 
     #[test]

@@ -8,9 +8,12 @@
 //! - `relay-sandbox`: the provider trait (and a fake for tests); `relay-docker`: Docker;
 //! - `relay-store`: SQLite, the only crate that knows SQL.
 //!
-//! This crate wires them together ([`app`]) and holds the command line ([`config`]) and the
-//! benchmark ([`bench`]).
+//! This crate wires them together ([`app`]) and holds the command line ([`config`]), the
+//! benchmark ([`bench`]), the operator's `secrets` commands ([`secrets_cli`]) and the database
+//! lock that keeps them apart from a running relay ([`lock`]).
 
 pub mod app;
 pub mod bench;
 pub mod config;
+pub mod lock;
+pub mod secrets_cli;

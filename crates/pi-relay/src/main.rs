@@ -1,5 +1,5 @@
-//! The `pi-relay` binary: parses the command line and hands over to [`pi_relay::app`] or the
-//! benchmark.
+//! The `pi-relay` binary: parses the command line and hands over to [`pi_relay::app`], the
+//! benchmark, or the `secrets` commands.
 
 use clap::Parser;
 use pi_relay::config::{Cli, Command};
@@ -16,6 +16,7 @@ fn main() -> std::process::ExitCode {
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(pi_relay::app::serve(*args)),
         Command::Bench(args) => runtime.block_on(pi_relay::bench::run(args)),
+        Command::Secrets(cmd) => runtime.block_on(pi_relay::secrets_cli::run(cmd)),
     };
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -40,8 +40,11 @@ impl From<SessionError> for ApiError {
         use SessionError::*;
         let msg = e.to_string();
         match e {
-            NotFound | EnvironmentNotFound => ApiError::Client(StatusCode::NOT_FOUND, msg),
-            NoDefaultEnvironment => ApiError::Client(StatusCode::BAD_REQUEST, msg),
+            NotFound | EnvironmentNotFound | SecretNotFound => {
+                ApiError::Client(StatusCode::NOT_FOUND, msg)
+            }
+            NoDefaultEnvironment | Invalid(_) => ApiError::Client(StatusCode::BAD_REQUEST, msg),
+            Conflict(_) => ApiError::Client(StatusCode::CONFLICT, msg),
             Archived => ApiError::Client(StatusCode::GONE, msg),
             InErrorState | CannotRestartArchived | NotRestartable => {
                 ApiError::Client(StatusCode::CONFLICT, msg)
@@ -50,7 +53,11 @@ impl From<SessionError> for ApiError {
             ProvisioningFailed => ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg),
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),
             SandboxUnavailable(_) => ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg),
-            Store(_) | Sandbox(_) | Io(_) => ApiError::Internal(msg),
+            // A runtime that cannot be reached is worth telling the client; the rest is logged.
+            Sandbox(relay_session::SandboxError::Unavailable(_)) => {
+                ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg)
+            }
+            Store(_) | Sandbox(_) | Io(_) | Key(_) | Crypto(_) => ApiError::Internal(msg),
         }
     }
 }

@@ -1,11 +1,15 @@
 //! The HTTP and WebSocket API of pi-relay: the pi-apps relay protocol's routes, its envelope,
 //! status codes and error strings, permissive CORS, and optional bearer-token access control.
-//! Only this crate knows axum; handlers parse, call the session service, and shape the answer.
+//! Only this crate knows axum; handlers parse, call the session, secrets, environment and
+//! settings services, and shape the answer.
 
 mod envelope;
+mod environments;
 mod error;
 mod http;
+mod secrets;
 mod sessions;
+mod settings;
 mod ws;
 
 use std::future::Future;
@@ -14,6 +18,9 @@ use axum::Router;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use relay_session::SessionService;
+use relay_session::environments::EnvironmentService;
+use relay_session::secrets::SecretService;
+use relay_session::settings::SettingsService;
 use serde_json::json;
 
 pub use error::ApiError;
@@ -24,6 +31,12 @@ pub use ws::MAX_CLIENT_MESSAGE;
 pub struct AppState {
     /// The session service.
     pub sessions: SessionService,
+    /// Secrets (`/api/secrets`).
+    pub secrets: SecretService,
+    /// Environments (`/api/environments`).
+    pub environments: EnvironmentService,
+    /// Settings (`/api/settings`).
+    pub settings: SettingsService,
     /// Required bearer token, if any.
     pub auth_token: Option<String>,
     /// Build commit shown by `/health` (`GIT_COMMIT`, else `dev`).
@@ -40,6 +53,9 @@ pub fn router(state: AppState) -> Router {
         .route("/api", get(api_index))
         .route("/ws/sessions/{id}", get(ws::upgrade))
         .merge(sessions::router())
+        .merge(secrets::router())
+        .merge(environments::router())
+        .merge(settings::router())
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
@@ -66,6 +82,8 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
             "githubToken": "GET|POST|DELETE /api/github/token",
             "githubRepos": "GET /api/github/repos",
             "settings": "GET|PUT /api/settings",
+            "secrets": "GET|POST /api/secrets, PUT|DELETE /api/secrets/:id",
+            "environments": "GET|POST /api/environments, GET|PUT|DELETE /api/environments/:id",
             "rpc": "WS /rpc (not yet implemented)",
         },
     }))

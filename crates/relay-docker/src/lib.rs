@@ -15,12 +15,12 @@ use bollard::models::{
 };
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
-    ListContainersOptions, LogsOptions, RemoveContainerOptionsBuilder, StartContainerOptions,
-    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptionsBuilder,
+    StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use relay_sandbox::{
-    OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
+    ImageInfo, OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
     SandboxStatus,
 };
 
@@ -36,6 +36,33 @@ pub const LOG_MAX_SIZE: &str = "256m";
 #[derive(Clone, Debug)]
 pub struct DockerSandbox {
     docker: Docker,
+    /// Image id → the entrypoint to use under the hardened flags (see [`strip_fixuid`]).
+    entrypoints: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<Vec<String>>>>>,
+}
+
+/// The entrypoint without a leading `fixuid` (and its flags), or `None` when it has none.
+///
+/// fixuid remaps the image's `user` to the runtime uid, which needs it setuid root; the hardened
+/// flags (`no-new-privileges`) disable that, and fixuid 0.6.0 refuses to run without it even when
+/// its marker file says the work is done. The relay already does fixuid's job (it mounts a
+/// passwd/group mapping `user` to the sandbox uid and a writable `$HOME`), so under those flags
+/// the image's own entrypoint is started past fixuid.
+pub fn strip_fixuid(entrypoint: &[String]) -> Option<Vec<String>> {
+    let first = entrypoint.first()?;
+    if first.rsplit('/').next() != Some("fixuid") {
+        return None;
+    }
+    let rest: Vec<String> = entrypoint[1..]
+        .iter()
+        .skip_while(|a| a.starts_with('-'))
+        .cloned()
+        .collect();
+    // An empty entrypoint in the API means "the image's"; [""] clears it.
+    Some(if rest.is_empty() {
+        vec![String::new()]
+    } else {
+        rest
+    })
 }
 
 impl DockerSandbox {
@@ -63,7 +90,35 @@ impl DockerSandbox {
             .negotiate_version()
             .await
             .map_err(|e| SandboxError::Unavailable(format!("cannot reach Docker: {e}")))?;
-        Ok(DockerSandbox { docker })
+        Ok(DockerSandbox {
+            docker,
+            entrypoints: Default::default(),
+        })
+    }
+
+    async fn hardened_entrypoint(&self, image: &str) -> Result<Option<Vec<String>>, SandboxError> {
+        if let Some(e) = self
+            .entrypoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(image)
+        {
+            return Ok(e.clone());
+        }
+        let info = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| map_err(e, "inspect image"))?;
+        let entrypoint = info
+            .config
+            .and_then(|c| c.entrypoint)
+            .and_then(|e| strip_fixuid(&e));
+        self.entrypoints
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(image.to_owned(), entrypoint.clone());
+        Ok(entrypoint)
     }
 
     fn container_body(spec: &SandboxSpec) -> ContainerCreateBody {
@@ -230,13 +285,45 @@ impl Sandbox for DockerSandbox {
             .ok_or_else(|| SandboxError::Runtime(format!("image {image} has no id")))
     }
 
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError> {
+        let options = ListImagesOptions {
+            filters: Some(HashMap::from([(
+                "label".to_owned(),
+                vec![label.to_owned()],
+            )])),
+            ..Default::default()
+        };
+        let list = self
+            .docker
+            .list_images(Some(options))
+            .await
+            .map_err(|e| map_err(e, "list images"))?;
+        Ok(list
+            .into_iter()
+            .map(|i| ImageInfo {
+                id: i.id,
+                // Untagged images are listed as `<none>:<none>`.
+                tags: i
+                    .repo_tags
+                    .into_iter()
+                    .filter(|t| t != "<none>:<none>")
+                    .collect(),
+                labels: i.labels.into_iter().collect(),
+            })
+            .collect())
+    }
+
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, SandboxError> {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        let mut body = Self::container_body(spec);
+        if spec.hardened {
+            body.entrypoint = self.hardened_entrypoint(&spec.image).await?;
+        }
         let created = self
             .docker
-            .create_container(Some(options), Self::container_body(spec))
+            .create_container(Some(options), body)
             .await
             .map_err(|e| map_err(e, "create container"))?;
         for w in created.warnings {
@@ -454,5 +541,34 @@ impl Sandbox for DockerSandbox {
             Some(Err(e)) => Err(map_err(e, "wait container")),
             None => Err(SandboxError::Runtime("wait ended without a status".into())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_fixuid;
+
+    fn v(a: &[&str]) -> Vec<String> {
+        a.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn fixuid_and_its_flags_are_stripped_from_the_entrypoint() {
+        assert_eq!(
+            strip_fixuid(&v(&["fixuid", "-q", "/entrypoint.sh"])),
+            Some(v(&["/entrypoint.sh"]))
+        );
+        assert_eq!(
+            strip_fixuid(&v(&["/usr/local/bin/fixuid", "/entrypoint.sh", "-x"])),
+            Some(v(&["/entrypoint.sh", "-x"]))
+        );
+        assert_eq!(strip_fixuid(&v(&["fixuid", "-q"])), Some(v(&[""])));
+    }
+
+    #[test]
+    fn other_entrypoints_are_left_alone() {
+        assert_eq!(strip_fixuid(&v(&["/entrypoint.sh"])), None);
+        assert_eq!(strip_fixuid(&v(&["/bin/notfixuid"])), None);
+        assert_eq!(strip_fixuid(&[]), None);
     }
 }

@@ -16,7 +16,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
 use crate::{
-    OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
+    ImageInfo, OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
     SandboxStatus,
 };
 
@@ -77,6 +77,9 @@ struct State {
     containers: HashMap<String, Container>,
     specs: Vec<SandboxSpec>,
     failures: HashMap<FakeOp, String>,
+    /// Images added with [`FakeSandbox::add_image`] (any other reference still resolves,
+    /// unless it contains `missing`).
+    images: Vec<ImageInfo>,
 }
 
 impl FakeSandbox {
@@ -88,6 +91,20 @@ impl FakeSandbox {
     /// Makes the next call of `op` fail with a runtime error carrying `message`.
     pub fn fail_next(&self, op: FakeOp, message: &str) {
         self.lock().failures.insert(op, message.to_owned());
+    }
+
+    /// Adds a local image with the given reference and labels; returns its id.
+    pub fn add_image(&self, reference: &str, labels: &[(&str, &str)]) -> String {
+        let id = format!("sha256:fake-{reference}");
+        self.lock().images.push(ImageInfo {
+            id: id.clone(),
+            tags: vec![reference.to_owned()],
+            labels: labels
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+        });
+        id
     }
 
     /// Every spec passed to `create`, in order.
@@ -308,6 +325,16 @@ impl Sandbox for FakeSandbox {
             return Err(SandboxError::ImageNotFound(image.to_owned()));
         }
         Ok(format!("sha256:fake-{image}"))
+    }
+
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError> {
+        Ok(self
+            .lock()
+            .images
+            .iter()
+            .filter(|i| i.labels.contains_key(label))
+            .cloned()
+            .collect())
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, SandboxError> {

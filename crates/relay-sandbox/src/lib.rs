@@ -19,6 +19,9 @@ pub mod fake;
 pub const LABEL_SESSION: &str = "pi-relay.session";
 /// Label carrying the relay instance id, so a relay finds what it owns after a restart.
 pub const LABEL_INSTANCE: &str = "pi-relay.instance";
+/// Label carried by the sandbox images this repository builds (`images/*/build.sh`): the hash
+/// of what they were built from.
+pub const LABEL_BUILD_HASH: &str = "pi-relay.build-hash";
 
 /// The runtime's own id of a sandbox (a Docker container id).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -131,6 +134,17 @@ pub struct SandboxInfo {
     pub labels: BTreeMap<String, String>,
 }
 
+/// An image present on the runtime's host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageInfo {
+    /// Image id (`sha256:…`).
+    pub id: String,
+    /// Its references (`name:tag`); empty for an untagged image.
+    pub tags: Vec<String>,
+    /// Its labels.
+    pub labels: BTreeMap<String, String>,
+}
+
 /// One chunk of output from a sandbox's main process. A chunk is not a line.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum OutputChunk {
@@ -191,6 +205,8 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn ping(&self) -> Result<(), SandboxError>;
     /// Resolves an image reference to the id of an image present locally; never pulls.
     async fn resolve_image(&self, image: &str) -> Result<String, SandboxError>;
+    /// Lists the images present locally that carry the label `label` (any value).
+    async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError>;
     /// Creates (but does not start) a sandbox.
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, SandboxError>;
     /// Attaches to stdio. Attach before [`Sandbox::start`] to see everything the process prints.

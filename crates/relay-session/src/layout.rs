@@ -1,12 +1,17 @@
 //! Where a session lives on the host, and the files the relay generates for its sandbox. Paths
 //! are fixed by the sandbox contract: `<stateDir>/sessions/<id>/{workspace,agent}` and
-//! `<stateDir>/pi-secrets-<id>`. The generated `passwd`/`group` map the image's `user` to the
+//! `<stateDir>/pi-secrets-<id>` (one file per secret, see [`SessionLayout::write_secrets`]).
+//! The generated `passwd`/`group` map the image's `user` to the
 //! sandbox uid:gid, so tools that look the user up work without fixuid's setuid step (which
 //! `no-new-privileges` disables).
 
-use std::io;
-use std::os::unix::fs::{PermissionsExt, chown};
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
 use std::path::{Path, PathBuf};
+
+use secrecy::ExposeSecret;
+
+use crate::secrets::SecretFile;
 
 /// Host paths of one session.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -79,6 +84,71 @@ impl SessionLayout {
             }
             Ok(())
         })
+    }
+
+    /// Makes the secrets directory hold exactly `files`: each written to a temporary name and
+    /// renamed into place (a starting sandbox never reads half a value), mode 0400 and owned by
+    /// the sandbox user; files of secrets deleted or disabled since are removed. The directory
+    /// is created 0700 if needed.
+    pub fn write_secrets(
+        &self,
+        files: &[SecretFile],
+        uid: u32,
+        gid: u32,
+        chown_to_sandbox: bool,
+    ) -> io::Result<()> {
+        let own = |p: &Path| -> io::Result<()> {
+            if chown_to_sandbox {
+                chown(p, Some(uid), Some(gid))?;
+            }
+            Ok(())
+        };
+        std::fs::create_dir_all(&self.secrets)?;
+        std::fs::set_permissions(&self.secrets, std::fs::Permissions::from_mode(0o700))?;
+        own(&self.secrets)?;
+        for f in files {
+            // Names are validated variable names; anything else would escape the directory.
+            if f.name.is_empty()
+                || !f
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid secret file name {:?}", f.name),
+                ));
+            }
+            // A dot name: the entrypoint skips it if a sandbox starts while it exists.
+            let tmp = self.secrets.join(format!(".{}.tmp", f.name));
+            let _ = std::fs::remove_file(&tmp);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(f.value.expose_secret().as_bytes())?;
+            drop(out);
+            own(&tmp)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))?;
+            std::fs::rename(&tmp, self.secrets.join(&f.name))?;
+        }
+        for entry in std::fs::read_dir(&self.secrets)? {
+            let entry = entry?;
+            let keep = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| files.iter().any(|f| f.name == n));
+            if !keep {
+                let p = entry.path();
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Removes the secrets directory (archive, delete).
@@ -182,6 +252,39 @@ mod tests {
             std::fs::read_to_string(l.agent.join("settings.json")).unwrap(),
             "pi's own"
         );
+    }
+
+    #[test]
+    fn secrets_are_private_files_named_by_variable_and_stale_ones_go() {
+        use secrecy::SecretString;
+        let dir = tempfile::tempdir().unwrap();
+        let l = SessionLayout::new(dir.path(), "s1");
+        let file = |n: &str, v: &str| SecretFile {
+            name: n.into(),
+            value: SecretString::from(v),
+        };
+        l.write_secrets(
+            &[file("openai_api_key", "sk-1\n"), file("old_key", "x")],
+            1000,
+            1000,
+            false,
+        )
+        .unwrap();
+        std::fs::write(l.secrets.join(".stray.tmp"), "partial").unwrap();
+        l.write_secrets(&[file("openai_api_key", "sk-2")], 1000, 1000, false)
+            .unwrap();
+        let names: Vec<String> = std::fs::read_dir(&l.secrets)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["openai_api_key"]);
+        let path = l.secrets.join("openai_api_key");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "sk-2");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::metadata(&l.secrets).unwrap().mode() & 0o777, 0o700);
+        let bad = l.write_secrets(&[file("../escape", "x")], 1000, 1000, false);
+        assert!(bad.is_err());
+        assert!(!dir.path().join("escape").exists());
     }
 
     #[test]

@@ -1,18 +1,26 @@
 //! The session domain: what a session is, its lifecycle, and [`SessionService`], which drives
 //! the store, the sandbox provider and the hubs to create, activate, connect to, archive and
-//! delete sessions. It knows neither HTTP nor SQL nor Docker.
+//! delete sessions; the secrets vault ([`vault`], [`secrets`]) and what sandboxes receive of
+//! it; environments ([`environments`]) and relay settings ([`settings`]). It knows neither HTTP
+//! nor SQL nor Docker.
 
+pub mod crypto;
+pub mod environments;
 pub mod layout;
 mod observer;
 pub mod reaper;
 mod recovery;
+pub mod secrets;
 mod service;
+pub mod settings;
 pub mod state;
 pub mod title;
+pub mod vault;
 
 use std::path::PathBuf;
 
 pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
+pub use relay_sandbox::SandboxError;
 pub use relay_store::EventRow;
 pub use service::SessionService;
 pub use state::{Mode, SessionStatus};
@@ -176,6 +184,22 @@ pub enum SessionError {
     /// Host file system work failed.
     #[error("session files: {0}")]
     Io(#[from] std::io::Error),
+    /// A request with invalid content; the message says what to fix.
+    #[error("{0}")]
+    Invalid(String),
+    /// No such secret.
+    #[error("Secret not found")]
+    SecretNotFound,
+    /// The request conflicts with the current state (an environment still in use, the default
+    /// environment).
+    #[error("{0}")]
+    Conflict(String),
+    /// The encryption key is missing, malformed, or not the one the stored secrets need.
+    #[error("{0}")]
+    Key(String),
+    /// A stored secret does not decrypt (the database was changed outside the relay).
+    #[error("secrets vault: {0}")]
+    Crypto(String),
 }
 
 /// Why a WebSocket may not connect, with the protocol's close code and reason.

@@ -2,7 +2,8 @@
 //! client is connected, pi is not in the middle of a run (no agent run, no tool call), the last
 //! client left more than the grace period ago, and nothing happened for its environment's idle
 //! timeout. Deciding is pure ([`select_victims`]); acting goes through the session service,
-//! which checks again under the session's lock.
+//! which checks again under the session's lock. The `idle_policy` setting, when a client has
+//! set one, replaces the configured timeout and grace and can exempt session modes.
 
 use std::time::Duration;
 
@@ -11,6 +12,7 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::SessionService;
+use crate::settings::SettingsService;
 
 /// When sessions are paused.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -31,6 +33,8 @@ pub struct Candidate {
     pub hub: HubStatus,
     /// Its environment's idle timeout, if set.
     pub timeout: Option<Duration>,
+    /// Its mode (`chat`, `code`).
+    pub mode: String,
 }
 
 /// Whether a session with this hub state may be paused now.
@@ -62,6 +66,7 @@ pub struct IdleReaper {
     sessions: SessionService,
     policy: IdlePolicy,
     interval: Duration,
+    settings: Option<SettingsService>,
 }
 
 impl IdleReaper {
@@ -71,31 +76,61 @@ impl IdleReaper {
             sessions,
             policy,
             interval,
+            settings: None,
+        }
+    }
+
+    /// Follows the `idle_policy` setting of `settings` when one is set.
+    pub fn with_settings(mut self, settings: SettingsService) -> IdleReaper {
+        self.settings = Some(settings);
+        self
+    }
+
+    /// The policy of this pass and the modes it never pauses: the `idle_policy` setting if
+    /// set (read every pass, so a change applies without a restart), else the configuration.
+    async fn effective_policy(&self) -> (IdlePolicy, Vec<String>) {
+        let Some(settings) = &self.settings else {
+            return (self.policy, Vec::new());
+        };
+        match settings.idle_policy().await {
+            Ok(Some(p)) => (
+                IdlePolicy {
+                    timeout: Duration::from_secs(p.default_timeout_seconds),
+                    grace: Duration::from_secs(p.grace_after_disconnect_seconds),
+                },
+                p.disable_for_modes,
+            ),
+            Ok(None) => (self.policy, Vec::new()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot read the idle_policy setting");
+                (self.policy, Vec::new())
+            }
         }
     }
 
     /// One pass: pauses every idle session; returns their ids. A failure on one session is
     /// logged and does not stop the others.
     pub async fn run_once(&self) -> Vec<String> {
-        let candidates = match self.sessions.idle_candidates().await {
+        let mut candidates = match self.sessions.idle_candidates().await {
             Ok(c) => c,
             Err(e) => {
                 tracing::warn!(error = %e, "idle reaper cannot list sessions");
                 return Vec::new();
             }
         };
+        let (policy, exempt) = self.effective_policy().await;
+        candidates.retain(|c| !exempt.contains(&c.mode));
         let mut paused = Vec::new();
-        for (id, timeout) in select_victims(Instant::now(), &candidates, &self.policy)
+        for (id, timeout) in select_victims(Instant::now(), &candidates, &policy)
             .into_iter()
             .map(|id| {
                 let t = candidates
                     .iter()
                     .find(|c| c.id == id)
                     .and_then(|c| c.timeout);
-                (id, t.unwrap_or(self.policy.timeout))
+                (id, t.unwrap_or(policy.timeout))
             })
         {
-            let policy = self.policy;
             let still_idle = move |h: &HubStatus| is_idle(Instant::now(), h, timeout, &policy);
             match self.sessions.idle(&id, still_idle).await {
                 Ok(true) => {
@@ -187,6 +222,7 @@ mod tests {
             id: id.into(),
             hub: hub(now, idle),
             timeout,
+            mode: "chat".into(),
         };
         let victims = select_victims(
             now,

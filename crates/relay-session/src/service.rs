@@ -19,6 +19,7 @@ use tokio_util::task::TaskTracker;
 
 use crate::layout::SessionLayout;
 use crate::observer::SessionObserver;
+use crate::secrets::SecretService;
 use crate::state::{Mode, SessionStatus};
 use crate::{
     Activation, ConnectRefused, EventPage, NewSessionRequest, SandboxView, Session, SessionConfig,
@@ -44,6 +45,8 @@ pub(crate) struct Inner {
     sandbox: Arc<dyn Sandbox>,
     hubs: Arc<Hubs>,
     cfg: SessionConfig,
+    /// What sandboxes receive in their secrets directory.
+    secrets: SecretService,
     /// Bumped on every status change, so activate can wait without polling.
     changes: watch::Sender<u64>,
     /// One lifecycle operation per session at a time.
@@ -89,12 +92,14 @@ struct EnvVar {
 }
 
 impl SessionService {
-    /// A service over `store` and `sandbox`. Background work (provisioning, hub readers,
-    /// deletions) runs on `tasks` and stops with `cancel`.
+    /// A service over `store` and `sandbox`, giving sandboxes the secrets of `secrets`.
+    /// Background work (provisioning, hub readers, deletions) runs on `tasks` and stops with
+    /// `cancel`.
     pub fn new(
         store: Store,
         sandbox: Arc<dyn Sandbox>,
         cfg: SessionConfig,
+        secrets: SecretService,
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> SessionService {
@@ -108,6 +113,7 @@ impl SessionService {
             sandbox,
             hubs,
             cfg,
+            secrets,
             changes: watch::channel(0).0,
             locks: Mutex::default(),
             images: Mutex::default(),
@@ -205,7 +211,12 @@ impl SessionService {
                     .map(str::to_owned),
                 created_at: relay_hub::timestamp(),
             })
-            .await?;
+            .await
+            .map_err(|e| match e {
+                // The environment was deleted since it was read.
+                relay_store::StoreError::Constraint(_) => SessionError::EnvironmentNotFound,
+                other => other.into(),
+            })?;
         let session = self.get(&id).await?;
         let task_inner = inner.clone();
         inner.tasks.spawn(async move {
@@ -291,6 +302,9 @@ impl SessionService {
         let inner = &self.inner;
         let lock = inner.lock(id);
         let _guard = lock.lock().await;
+        // Fresh secrets for a sandbox that starts now, and for the next start of one that
+        // runs (its entrypoint read them when it started).
+        inner.deliver_secrets(id).await?;
         let unavailable = |e: SandboxError| SessionError::SandboxUnavailable(e.to_string());
         let info = inner.sandbox.inspect(cid).await.map_err(unavailable)?;
         match info.status {
@@ -574,6 +588,7 @@ impl SessionService {
                 id: row.id,
                 hub: hub.status().await,
                 timeout,
+                mode: row.mode,
             });
         }
         Ok(out)
@@ -677,6 +692,37 @@ impl SessionService {
         Ok(())
     }
 
+    /// Brings the secrets directories of all sessions that may start a sandbox up to date
+    /// after a secret changed: a deleted or disabled secret leaves the disk at once (a running
+    /// pi keeps what its entrypoint exported until its sandbox restarts). Failures are logged.
+    pub async fn refresh_secret_files(&self) {
+        let inner = &self.inner;
+        let rows = match inner.store.sessions(None).await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list sessions to refresh their secrets");
+                return;
+            }
+        };
+        for row in rows.into_iter().filter(|r| r.status != "archived") {
+            let lock = inner.lock(&row.id);
+            let _guard = lock.lock().await;
+            // Archive and delete remove the directory under the same lock: write only where it
+            // still exists, so a removed directory is never brought back.
+            let live =
+                matches!(inner.store.session(&row.id).await, Ok(Some(r)) if r.status != "archived");
+            let layout = SessionLayout::new(&inner.cfg.state_dir, &row.id);
+            if !live || !layout.secrets.exists() {
+                continue;
+            }
+            // Read under the lock: of two concurrent refreshes, the last to write has the
+            // newest secrets.
+            if let Err(e) = inner.deliver_secrets(&row.id).await {
+                tracing::warn!(session = %row.id, error = %e, "cannot refresh secrets");
+            }
+        }
+    }
+
     /// Closes every client (sandboxes keep running) when the relay stops.
     pub async fn shutdown(&self) {
         for hub in self.inner.hubs.all() {
@@ -701,6 +747,20 @@ impl SessionService {
 }
 
 impl Inner {
+    /// Writes the secrets meant for sandboxes into the session's secrets directory (and
+    /// removes files of secrets deleted or disabled since). Called before every container
+    /// start, with the session locked.
+    async fn deliver_secrets(&self, id: &str) -> Result<(), SessionError> {
+        let files = self.secrets.sandbox_files().await?;
+        let layout = SessionLayout::new(&self.cfg.state_dir, id);
+        let (uid, gid) = self.cfg.sandbox_user;
+        let chown = self.cfg.chown_session_dirs;
+        tokio::task::spawn_blocking(move || layout.write_secrets(&files, uid, gid, chown))
+            .await
+            .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        Ok(())
+    }
+
     fn lock(&self, id: &str) -> Arc<tokio::sync::Mutex<()>> {
         self.locks
             .lock()
@@ -1037,6 +1097,7 @@ async fn try_provision(
     })
     .await
     .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+    inner.deliver_secrets(id).await?;
     let image_id = inner.image_id(&image).await?;
     let spec = inner.spec(id, &env_cfg, image_id, &layout);
     let cid = match inner.sandbox.create(&spec).await {

@@ -1,4 +1,5 @@
-//! The relay's SQLite store: sessions, environments and the event journal.
+//! The relay's SQLite store: sessions, environments, the event journal, secrets (sealed
+//! values only) and settings.
 //!
 //! One writer thread owns the only write connection; every write, from a session status change
 //! to a journal line, goes through it in order, so per-session sequence numbers never race and
@@ -7,6 +8,8 @@
 
 mod migrations;
 mod rows;
+mod secrets;
+mod settings;
 mod writer;
 
 use std::path::{Path, PathBuf};
@@ -15,7 +18,11 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
-pub use rows::{EnvironmentRow, EventRow, JournalEntry, NewSession, SessionRow, SessionSandbox};
+pub use rows::{
+    EnvironmentPatch, EnvironmentRow, EnvironmentWrite, EventRow, JournalEntry, KeyCheckRow,
+    NewSession, ResealItem, SealedValue, SecretPatch, SecretRow, SecretWrite, SessionRow,
+    SessionSandbox,
+};
 use writer::{Job, WriteOp};
 
 /// How many journal lines or jobs the writer commits in one transaction at most.
@@ -52,6 +59,9 @@ pub enum StoreError {
     /// A background task failed.
     #[error("database task failed: {0}")]
     Task(String),
+    /// The caller abandoned a write; its transaction was rolled back and nothing changed.
+    #[error("write abandoned, nothing changed: {0}")]
+    Aborted(String),
 }
 
 /// Handle to the store; cheap to clone.
@@ -211,6 +221,31 @@ impl Store {
             .await
             .map_err(|_| StoreError::Closed)?;
         rx.await.map_err(|_| StoreError::Closed)
+    }
+
+    /// Makes every committed write durable in the database file itself. Commits run with
+    /// `synchronous=NORMAL`, which a power loss may undo; a caller that must not lose one (key
+    /// rotation, before it replaces the key file) checkpoints the WAL with a sync.
+    pub async fn checkpoint(&self) -> Result<(), StoreError> {
+        self.barrier().await?;
+        let path = self.inner.path.clone();
+        tokio::task::spawn_blocking(move || {
+            let conn = open_connection(&path)?;
+            // (busy, wal pages, pages checkpointed); busy = 1 means readers kept it from
+            // finishing.
+            let (busy, log, done): (i64, i64, i64) =
+                conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| {
+                    Ok((r.get(0)?, r.get(1)?, r.get(2)?))
+                })?;
+            if busy != 0 || done < log {
+                return Err(StoreError::Commit(format!(
+                    "checkpoint incomplete ({done} of {log} pages)"
+                )));
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| StoreError::Task(e.to_string()))?
     }
 
     // ---- sessions ----
@@ -547,7 +582,7 @@ impl Store {
     }
 }
 
-fn constraint(e: rusqlite::Error) -> StoreError {
+pub(crate) fn constraint(e: rusqlite::Error) -> StoreError {
     match e {
         rusqlite::Error::SqliteFailure(f, msg)
             if f.code == rusqlite::ErrorCode::ConstraintViolation =>

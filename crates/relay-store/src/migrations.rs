@@ -15,6 +15,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
         "0002_stdout_cursor",
         include_str!("../migrations/0002_stdout_cursor.sql"),
     ),
+    (
+        "0003_secrets_settings",
+        include_str!("../migrations/0003_secrets_settings.sql"),
+    ),
 ];
 
 /// Applies every migration newer than the database's `user_version`.

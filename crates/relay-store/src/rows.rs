@@ -130,3 +130,113 @@ pub(crate) fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<En
         updated_at: r.get(6)?,
     })
 }
+
+/// A value sealed with AES-256-GCM as stored: base64 nonce, ciphertext without the tag, and
+/// tag, plus the version of the key that sealed it. The store never sees a plaintext.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SealedValue {
+    pub iv: String,
+    pub ciphertext: String,
+    pub tag: String,
+    pub key_version: u32,
+}
+
+/// A secret as stored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SecretRow {
+    pub id: String,
+    pub name: String,
+    pub env_var: String,
+    /// `ai_provider`, `env_var` or `sandbox_provider`.
+    pub kind: String,
+    pub enabled: bool,
+    pub sealed: SealedValue,
+    pub created_at: String,
+    pub updated_at: String,
+    /// JSON array of domain patterns, or `None`.
+    pub domains: Option<String>,
+}
+
+/// A change to a secret: `None` fields stay as they are.
+#[derive(Clone, Debug, Default)]
+pub struct SecretPatch {
+    pub name: Option<String>,
+    pub env_var: Option<String>,
+    pub kind: Option<String>,
+    pub enabled: Option<bool>,
+    pub sealed: Option<SealedValue>,
+    /// `Some(None)` clears the domains.
+    pub domains: Option<Option<String>>,
+    pub updated_at: String,
+}
+
+/// The outcome of writing a secret.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SecretWrite {
+    /// Written.
+    Done,
+    /// No secret has that id.
+    NotFound,
+    /// Another secret has the same variable name (compared case-insensitively).
+    DuplicateEnvVar,
+}
+
+/// The known value sealed with the current key (see the `secrets_key_check` table).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KeyCheckRow {
+    pub sealed: SealedValue,
+    pub created_at: String,
+}
+
+/// One sealed value handed to [`crate::Store::reseal_secrets`]: a secret (by id) or the key
+/// check (`id` is `None`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ResealItem {
+    pub id: Option<String>,
+    pub sealed: SealedValue,
+}
+
+pub(crate) const SECRET_SELECT: &str = "SELECT id, name, env_var, kind, enabled, iv, ciphertext, \
+    tag, key_version, created_at, updated_at, domains FROM secrets";
+
+pub(crate) fn secret_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretRow> {
+    Ok(SecretRow {
+        id: r.get(0)?,
+        name: r.get(1)?,
+        env_var: r.get(2)?,
+        kind: r.get(3)?,
+        enabled: r.get(4)?,
+        sealed: SealedValue {
+            iv: r.get(5)?,
+            ciphertext: r.get(6)?,
+            tag: r.get(7)?,
+            key_version: r.get(8)?,
+        },
+        created_at: r.get(9)?,
+        updated_at: r.get(10)?,
+        domains: r.get(11)?,
+    })
+}
+
+/// A change to an environment: `None` fields stay as they are.
+#[derive(Clone, Debug, Default)]
+pub struct EnvironmentPatch {
+    pub name: Option<String>,
+    /// The whole new config (JSON object).
+    pub config: Option<String>,
+    pub is_default: Option<bool>,
+    pub updated_at: String,
+}
+
+/// The outcome of changing or deleting an environment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EnvironmentWrite {
+    /// Done.
+    Done,
+    /// No environment has that id.
+    NotFound,
+    /// Refused: sessions that are not archived use it (how many).
+    InUse(u64),
+    /// Refused: it is the default environment, and there must always be one.
+    IsDefault,
+}

@@ -182,3 +182,290 @@ async fn setting_a_default_environment_clears_the_previous_default() {
     assert!(!store.environment("e1").await.unwrap().unwrap().is_default);
     assert_eq!(store.environment_count().await.unwrap(), 2);
 }
+
+fn sealed(tag: &str) -> SealedValue {
+    SealedValue {
+        iv: format!("iv-{tag}"),
+        ciphertext: format!("ct-{tag}"),
+        tag: format!("tag-{tag}"),
+        key_version: 1,
+    }
+}
+
+fn secret(id: &str, env_var: &str) -> SecretRow {
+    SecretRow {
+        id: id.into(),
+        name: id.into(),
+        env_var: env_var.into(),
+        kind: "ai_provider".into(),
+        enabled: true,
+        sealed: sealed(id),
+        created_at: "t0".into(),
+        updated_at: "t0".into(),
+        domains: None,
+    }
+}
+
+#[tokio::test]
+async fn secret_variable_names_are_unique_whatever_their_case() {
+    let (_d, store) = temp_store();
+    assert_eq!(
+        store
+            .insert_secret(secret("a", "OPENAI_API_KEY"))
+            .await
+            .unwrap(),
+        SecretWrite::Done
+    );
+    assert_eq!(
+        store
+            .insert_secret(secret("b", "openai_api_key"))
+            .await
+            .unwrap(),
+        SecretWrite::DuplicateEnvVar
+    );
+    store.insert_secret(secret("c", "OTHER")).await.unwrap();
+    let rename = SecretPatch {
+        env_var: Some("OpenAI_Api_Key".into()),
+        updated_at: "t1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.update_secret("c", rename).await.unwrap(),
+        SecretWrite::DuplicateEnvVar
+    );
+    let ids: Vec<_> = store
+        .secrets()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|s| s.id)
+        .collect();
+    assert_eq!(ids, ["a", "c"]);
+}
+
+#[tokio::test]
+async fn a_secret_patch_changes_only_what_it_names() {
+    let (_d, store) = temp_store();
+    let mut s = secret("a", "A");
+    s.domains = Some(r#"["x.com"]"#.into());
+    store.insert_secret(s).await.unwrap();
+    let patch = SecretPatch {
+        enabled: Some(false),
+        sealed: Some(sealed("new")),
+        updated_at: "t1".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.update_secret("a", patch).await.unwrap(),
+        SecretWrite::Done
+    );
+    let row = store.secret("a").await.unwrap().unwrap();
+    assert!(!row.enabled);
+    assert_eq!(row.sealed, sealed("new"));
+    assert_eq!((row.name.as_str(), row.env_var.as_str()), ("a", "A"));
+    assert_eq!(row.domains.as_deref(), Some(r#"["x.com"]"#));
+    assert_eq!(row.updated_at, "t1");
+    let clear = SecretPatch {
+        domains: Some(None),
+        updated_at: "t2".into(),
+        ..Default::default()
+    };
+    store.update_secret("a", clear).await.unwrap();
+    assert_eq!(store.secret("a").await.unwrap().unwrap().domains, None);
+    assert_eq!(
+        store
+            .update_secret("zz", SecretPatch::default())
+            .await
+            .unwrap(),
+        SecretWrite::NotFound
+    );
+    assert!(store.delete_secret("a").await.unwrap());
+    assert!(!store.delete_secret("a").await.unwrap());
+}
+
+#[tokio::test]
+async fn resealing_is_all_or_nothing() {
+    let (_d, store) = temp_store();
+    for id in ["a", "b", "c"] {
+        store
+            .insert_secret(secret(id, &id.to_uppercase()))
+            .await
+            .unwrap();
+    }
+    store
+        .set_key_check(KeyCheckRow {
+            sealed: sealed("check"),
+            created_at: "t0".into(),
+        })
+        .await
+        .unwrap();
+    let before = store.secrets().await.unwrap();
+    // Fails on the second secret: the first one's new value must not survive.
+    let err = store
+        .reseal_secrets(|item| match item.id.as_deref() {
+            Some("b") => Err("b does not open".into()),
+            _ => Ok(SealedValue {
+                key_version: 2,
+                ..sealed("v2")
+            }),
+        })
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, StoreError::Aborted(ref m) if m == "b does not open"),
+        "{err:?}"
+    );
+    assert_eq!(store.secrets().await.unwrap(), before);
+    assert_eq!(
+        store.key_check().await.unwrap().unwrap().sealed,
+        sealed("check")
+    );
+
+    let n = store
+        .reseal_secrets(|item| {
+            Ok(SealedValue {
+                key_version: 2,
+                ..sealed(item.id.as_deref().unwrap_or("check2"))
+            })
+        })
+        .await
+        .unwrap();
+    assert_eq!(n, 3);
+    assert!(
+        store
+            .secrets()
+            .await
+            .unwrap()
+            .iter()
+            .all(|s| s.sealed.key_version == 2)
+    );
+    let check = store.key_check().await.unwrap().unwrap();
+    assert_eq!(
+        (check.sealed.key_version, check.created_at.as_str()),
+        (2, "t0")
+    );
+    assert_eq!(check.sealed.ciphertext, "ct-check2");
+    store.checkpoint().await.unwrap();
+    assert_eq!(store.forget_secrets().await.unwrap(), 3);
+    assert!(store.key_check().await.unwrap().is_none());
+}
+
+#[tokio::test]
+async fn environments_in_use_or_default_are_not_deleted_and_the_default_stays() {
+    let (_d, store) = temp_store();
+    let env = |id: &str, is_default| EnvironmentRow {
+        id: id.into(),
+        name: id.into(),
+        sandbox_type: "docker".into(),
+        config: "{}".into(),
+        is_default,
+        created_at: "t".into(),
+        updated_at: "t".into(),
+    };
+    store.insert_environment(env("e1", true)).await.unwrap();
+    store.insert_environment(env("e2", false)).await.unwrap();
+    let mut s = new_session("s1");
+    s.environment_id = Some("e2".into());
+    store.insert_session(s).await.unwrap();
+
+    assert_eq!(
+        store.delete_environment("e2").await.unwrap(),
+        EnvironmentWrite::InUse(1)
+    );
+    assert_eq!(
+        store.delete_environment("e1").await.unwrap(),
+        EnvironmentWrite::IsDefault
+    );
+    assert_eq!(
+        store.delete_environment("e3").await.unwrap(),
+        EnvironmentWrite::NotFound
+    );
+    let unmark = EnvironmentPatch {
+        is_default: Some(false),
+        updated_at: "t2".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.update_environment("e1", unmark).await.unwrap(),
+        EnvironmentWrite::IsDefault
+    );
+    let promote = EnvironmentPatch {
+        is_default: Some(true),
+        name: Some("second".into()),
+        updated_at: "t2".into(),
+        ..Default::default()
+    };
+    assert_eq!(
+        store.update_environment("e2", promote).await.unwrap(),
+        EnvironmentWrite::Done
+    );
+    let envs = store.environments().await.unwrap();
+    assert_eq!(
+        envs.iter()
+            .map(|e| (e.id.as_str(), e.is_default))
+            .collect::<Vec<_>>(),
+        [("e1", false), ("e2", true)]
+    );
+    assert_eq!(envs[1].name, "second");
+
+    store
+        .set_status("s1", "archived", None, "t3")
+        .await
+        .unwrap();
+    store
+        .update_environment(
+            "e1",
+            EnvironmentPatch {
+                is_default: Some(true),
+                updated_at: "t4".into(),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        store.delete_environment("e2").await.unwrap(),
+        EnvironmentWrite::Done
+    );
+    assert_eq!(
+        store.session("s1").await.unwrap().unwrap().environment_id,
+        None
+    );
+}
+
+#[tokio::test]
+async fn settings_are_upserted_by_key() {
+    let (_d, store) = temp_store();
+    store.put_setting("theme", "\"dark\"", "t1").await.unwrap();
+    store.put_setting("a", "1", "t1").await.unwrap();
+    store.put_setting("theme", "\"light\"", "t2").await.unwrap();
+    assert_eq!(
+        store.settings().await.unwrap(),
+        [
+            ("a".to_owned(), "1".to_owned()),
+            ("theme".to_owned(), "\"light\"".to_owned())
+        ]
+    );
+    assert_eq!(
+        store.setting("theme").await.unwrap().as_deref(),
+        Some("\"light\"")
+    );
+    assert_eq!(store.setting("none").await.unwrap(), None);
+}
+
+#[tokio::test]
+async fn a_large_batch_with_one_duplicate_keeps_every_other_line() {
+    let (_d, store) = temp_store();
+    store.append(entry("s1", 40)).await.unwrap();
+    store.barrier().await.unwrap();
+    // 100 lines in one batch; seq 40 is already taken.
+    let batch: Vec<_> = (1..=100).map(|seq| entry("s1", seq)).collect();
+    store.append_batch(batch, None).await.unwrap();
+    store.barrier().await.unwrap();
+    let all = store.events("s1", 0, u64::MAX, 1000).await.unwrap();
+    assert_eq!(all.len(), 100);
+    assert_eq!(
+        all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        (1..=100).collect::<Vec<_>>()
+    );
+}

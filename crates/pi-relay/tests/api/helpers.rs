@@ -48,7 +48,7 @@ pub fn args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
     argv.extend(extra.iter().map(|s| s.to_string()));
     match Cli::parse_from(argv).command {
         Command::Serve(a) => *a,
-        Command::Bench(_) => unreachable!(),
+        _ => unreachable!(),
     }
 }
 

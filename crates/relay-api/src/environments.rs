@@ -1,0 +1,156 @@
+//! `/api/environments…`: create, list, get, update and delete environments, and list the
+//! sandbox images present on the host. Request fields are type-checked here; configs are
+//! validated by the environment service (including that the image exists).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use axum::routing::get;
+use bytes::Bytes;
+use relay_session::environments::{Environment, EnvironmentChange, NewEnvironment};
+use serde_json::{Map, Value, json};
+
+use crate::error::ApiError;
+use crate::{AppState, envelope};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new()
+        .route("/api/environments", get(list).post(create))
+        .route("/api/environments/images", get(images))
+        .route(
+            "/api/environments/{id}",
+            get(one).put(update).delete(delete),
+        )
+}
+
+fn view(e: Environment) -> Value {
+    json!({
+        "id": e.id,
+        "name": e.name,
+        "sandboxType": e.sandbox_type,
+        "config": e.config,
+        "isDefault": e.is_default,
+        "createdAt": e.created_at,
+        "updatedAt": e.updated_at,
+    })
+}
+
+fn not_found() -> ApiError {
+    ApiError::Client(StatusCode::NOT_FOUND, "Environment not found".into())
+}
+
+/// Environment ids are UUIDs; anything else cannot exist.
+fn valid_id(id: &str) -> Result<(), ApiError> {
+    uuid::Uuid::parse_str(id)
+        .map(|_| ())
+        .map_err(|_| not_found())
+}
+
+fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
+    match serde_json::from_slice(body) {
+        Ok(Value::Object(m)) => Ok(m),
+        _ => Err(ApiError::invalid_json()),
+    }
+}
+
+fn sandbox_type(v: &Map<String, Value>) -> Result<Option<String>, ApiError> {
+    match v.get("sandboxType") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(_) => Err(ApiError::bad_request(
+            "sandboxType must be one of: docker, cloudflare, gondolin",
+        )),
+    }
+}
+
+fn is_default(v: &Map<String, Value>) -> Result<Option<bool>, ApiError> {
+    match v.get("isDefault") {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::Bool(b)) => Ok(Some(*b)),
+        Some(_) => Err(ApiError::bad_request("isDefault must be a boolean")),
+    }
+}
+
+async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let all = state.environments.list().await?;
+    Ok(envelope::ok(all.into_iter().map(view).collect::<Vec<_>>()))
+}
+
+async fn images(State(state): State<AppState>) -> Result<Response, ApiError> {
+    let all = state.environments.images().await?;
+    Ok(envelope::ok(
+        all.into_iter()
+            .map(|i| {
+                json!({
+                    "id": i.id,
+                    "name": i.name,
+                    "image": i.image,
+                    "description": i.description,
+                    "isDefault": i.is_default,
+                })
+            })
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    Ok(envelope::ok(view(state.environments.get(&id).await?)))
+}
+
+async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let v = parse_object(&body)?;
+    let name = match v.get("name") {
+        Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
+        _ => return Err(ApiError::bad_request("name is required")),
+    };
+    let sandbox_type = sandbox_type(&v)?.ok_or_else(|| {
+        ApiError::bad_request("sandboxType must be one of: docker, cloudflare, gondolin")
+    })?;
+    let new = NewEnvironment {
+        name,
+        sandbox_type,
+        // No config: the relay's defaults (its image, the medium tier).
+        config: match v.get("config") {
+            None | Some(Value::Null) => Value::Object(Map::new()),
+            Some(c) => c.clone(),
+        },
+        is_default: is_default(&v)?,
+    };
+    Ok(envelope::ok(view(state.environments.create(new).await?)))
+}
+
+async fn update(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let v = parse_object(&body)?;
+    let change = EnvironmentChange {
+        name: match v.get("name") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => return Err(ApiError::bad_request("name is required")),
+        },
+        sandbox_type: sandbox_type(&v)?,
+        config: match v.get("config") {
+            None | Some(Value::Null) => None,
+            Some(c) => Some(c.clone()),
+        },
+        is_default: is_default(&v)?,
+    };
+    valid_id(&id)?;
+    Ok(envelope::ok(view(
+        state.environments.update(&id, change).await?,
+    )))
+}
+
+async fn delete(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    state.environments.delete(&id).await?;
+    Ok(envelope::ok(json!({"ok": true})))
+}
