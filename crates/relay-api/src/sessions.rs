@@ -219,18 +219,58 @@ async fn events(
         .sessions
         .events(&id, after, usize::try_from(limit).unwrap_or(usize::MAX))
         .await?;
-    let events: Vec<Value> = page
-        .events
-        .into_iter()
-        .map(|e| {
-            // Stored payloads are pi's JSON lines; one that does not parse is shown as a string.
-            let payload = serde_json::from_str(&e.payload).unwrap_or(Value::String(e.payload));
-            json!({"seq": e.seq, "type": e.ty, "payload": payload, "createdAt": e.created_at})
-        })
-        .collect();
-    Ok(envelope::ok(
-        json!({"events": events, "lastSeq": page.last_seq}),
-    ))
+    let events: Vec<EventView> = page.events.into_iter().map(EventView::from).collect();
+    Ok(envelope::ok(EventPageView {
+        events,
+        last_seq: page.last_seq,
+    }))
+}
+
+/// A journal page. Payloads are embedded as the stored text, not re-parsed into a value tree:
+/// a page holds up to 10,000 of pi's lines, some of them hundreds of KiB.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventPageView {
+    events: Vec<EventView>,
+    last_seq: u64,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct EventView {
+    seq: u64,
+    #[serde(rename = "type")]
+    ty: String,
+    payload: Payload,
+    created_at: String,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum Payload {
+    Json(Box<serde_json::value::RawValue>),
+    /// A stored line that is not JSON (never written by the relay) is shown as a string.
+    Text(String),
+}
+
+impl From<relay_session::EventRow> for EventView {
+    fn from(e: relay_session::EventRow) -> EventView {
+        let is_json = serde_json::from_str::<&serde_json::value::RawValue>(&e.payload).is_ok();
+        let payload = if is_json {
+            match serde_json::value::RawValue::from_string(e.payload) {
+                Ok(raw) => Payload::Json(raw),
+                Err(e) => Payload::Text(e.to_string()),
+            }
+        } else {
+            Payload::Text(e.payload)
+        };
+        EventView {
+            seq: e.seq,
+            ty: e.ty,
+            payload,
+            created_at: e.created_at,
+        }
+    }
 }
 
 async fn sandbox(

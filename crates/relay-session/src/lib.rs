@@ -22,7 +22,7 @@ use std::path::PathBuf;
 pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
 pub use relay_sandbox::SandboxError;
 pub use relay_store::EventRow;
-pub use service::SessionService;
+pub use service::{SessionService, sandbox_spec};
 pub use state::{Mode, SessionStatus};
 
 /// Settings of the session layer, taken from the relay's configuration.

@@ -971,79 +971,103 @@ impl Inner {
         image_id: String,
         layout: &SessionLayout,
     ) -> SandboxSpec {
-        let (uid, gid) = self.cfg.sandbox_user;
-        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        let mut envs = vec![
-            ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
-            ("HOME".to_owned(), "/home/user".to_owned()),
-            ("PI_SESSION_ID".to_owned(), id.to_owned()),
-        ];
-        envs.extend(
-            env.env_vars
-                .iter()
-                .map(|v| (v.key.clone(), v.value.clone())),
-        );
-        SandboxSpec {
-            name: container_name(id),
-            image: image_id,
-            command: vec![
-                "pi".into(),
-                "--mode".into(),
-                "rpc".into(),
-                "--session-id".into(),
-                id.into(),
-            ],
-            env: envs,
-            user: (uid, gid),
-            working_dir: "/workspace".into(),
-            mounts: vec![
-                Mount {
-                    host: path(&layout.workspace),
-                    target: "/workspace".into(),
-                    read_only: false,
-                },
-                Mount {
-                    host: path(&layout.agent),
-                    target: "/data/agent".into(),
-                    read_only: false,
-                },
-                Mount {
-                    host: path(&layout.secrets),
-                    target: "/run/secrets".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("passwd")),
-                    target: "/etc/passwd".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("group")),
-                    target: "/etc/group".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("fixuid.ran")),
-                    target: "/var/run/fixuid.ran".into(),
-                    read_only: true,
-                },
-            ],
-            // $HOME must be writable whatever uid the sandbox runs as.
-            tmpfs: vec![(
-                "/home/user".into(),
-                format!("uid={uid},gid={gid},mode=0700,exec,size=268435456"),
-            )],
-            labels: BTreeMap::from([
-                (LABEL_SESSION.to_owned(), id.to_owned()),
-                (LABEL_INSTANCE.to_owned(), self.cfg.instance_id.clone()),
-            ]),
-            network: env
-                .network_mode
-                .clone()
-                .unwrap_or_else(|| self.cfg.network.clone()),
-            limits: limits_for(env.resource_tier.as_deref()),
-            hardened: self.cfg.hardened,
-        }
+        build_spec(&self.cfg, id, env, image_id, layout)
+    }
+}
+
+/// The container configuration of session `id` in an environment whose JSON config is
+/// `environment_config` (`{}` for the default), from the image `image_id`. The relay uses it
+/// for every sandbox; the benchmark's raw baseline uses it so both start the same container.
+pub fn sandbox_spec(
+    cfg: &SessionConfig,
+    id: &str,
+    environment_config: &str,
+    image_id: String,
+    layout: &SessionLayout,
+) -> SandboxSpec {
+    let env: EnvConfig = serde_json::from_str(environment_config).unwrap_or_default();
+    build_spec(cfg, id, &env, image_id, layout)
+}
+
+fn build_spec(
+    cfg: &SessionConfig,
+    id: &str,
+    env: &EnvConfig,
+    image_id: String,
+    layout: &SessionLayout,
+) -> SandboxSpec {
+    let (uid, gid) = cfg.sandbox_user;
+    let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+    let mut envs = vec![
+        ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
+        ("HOME".to_owned(), "/home/user".to_owned()),
+        ("PI_SESSION_ID".to_owned(), id.to_owned()),
+    ];
+    envs.extend(
+        env.env_vars
+            .iter()
+            .map(|v| (v.key.clone(), v.value.clone())),
+    );
+    SandboxSpec {
+        name: container_name(id),
+        image: image_id,
+        command: vec![
+            "pi".into(),
+            "--mode".into(),
+            "rpc".into(),
+            "--session-id".into(),
+            id.into(),
+        ],
+        env: envs,
+        user: (uid, gid),
+        working_dir: "/workspace".into(),
+        mounts: vec![
+            Mount {
+                host: path(&layout.workspace),
+                target: "/workspace".into(),
+                read_only: false,
+            },
+            Mount {
+                host: path(&layout.agent),
+                target: "/data/agent".into(),
+                read_only: false,
+            },
+            Mount {
+                host: path(&layout.secrets),
+                target: "/run/secrets".into(),
+                read_only: true,
+            },
+            Mount {
+                host: path(&layout.generated.join("passwd")),
+                target: "/etc/passwd".into(),
+                read_only: true,
+            },
+            Mount {
+                host: path(&layout.generated.join("group")),
+                target: "/etc/group".into(),
+                read_only: true,
+            },
+            Mount {
+                host: path(&layout.generated.join("fixuid.ran")),
+                target: "/var/run/fixuid.ran".into(),
+                read_only: true,
+            },
+        ],
+        // $HOME must be writable whatever uid the sandbox runs as.
+        tmpfs: vec![(
+            "/home/user".into(),
+            format!("uid={uid},gid={gid},mode=0700,exec,size=268435456"),
+        )],
+        labels: BTreeMap::from([
+            (LABEL_SESSION.to_owned(), id.to_owned()),
+            (LABEL_INSTANCE.to_owned(), cfg.instance_id.clone()),
+        ]),
+        network: env
+            .network_mode
+            .clone()
+            .unwrap_or_else(|| cfg.network.clone()),
+        limits: limits_for(env.resource_tier.as_deref()),
+        hardened: cfg.hardened,
     }
 }
 

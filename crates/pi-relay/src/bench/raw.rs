@@ -2,7 +2,6 @@
 //! Containers get the relay's exact configuration (see [`Raw::spec`]), fresh session-like
 //! directories, and this run's instance label, so the final sweep removes them too.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Mutex;
@@ -11,10 +10,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use relay_docker::DockerSandbox;
-use relay_sandbox::{
-    LABEL_INSTANCE, LABEL_SESSION, Limits, Mount, OutputChunk, OutputStream, Sandbox, SandboxId,
-    SandboxSpec, SandboxStatus,
-};
+use relay_sandbox::{OutputChunk, OutputStream, Sandbox, SandboxId, SandboxSpec, SandboxStatus};
 use relay_session::layout::SessionLayout;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
@@ -85,74 +81,24 @@ impl Raw {
         Ok(self.spec(&id, &layout))
     }
 
-    /// The relay's container configuration for a chat session in the default environment: a
-    /// copy of `relay_session`'s `Inner::spec` (with `limits_for(None)`), which is private.
-    /// Keep the two in step.
+    /// The relay's own container configuration for a chat session in the default environment
+    /// (`relay_session::sandbox_spec`), under a name of the benchmark's, so the baseline starts
+    /// exactly the container the relay starts.
     fn spec(&self, id: &str, layout: &SessionLayout) -> SandboxSpec {
-        let (uid, gid) = self.user;
-        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
-        const GIB: i64 = 1024 * 1024 * 1024;
-        SandboxSpec {
-            name: format!("pi-bench-{id}"),
-            image: self.image_id.clone(),
-            command: ["pi", "--mode", "rpc", "--session-id", id]
-                .map(str::to_owned)
-                .to_vec(),
-            env: vec![
-                ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
-                ("HOME".to_owned(), "/home/user".to_owned()),
-                ("PI_SESSION_ID".to_owned(), id.to_owned()),
-            ],
-            user: (uid, gid),
-            working_dir: "/workspace".into(),
-            mounts: vec![
-                Mount {
-                    host: path(&layout.workspace),
-                    target: "/workspace".into(),
-                    read_only: false,
-                },
-                Mount {
-                    host: path(&layout.agent),
-                    target: "/data/agent".into(),
-                    read_only: false,
-                },
-                Mount {
-                    host: path(&layout.secrets),
-                    target: "/run/secrets".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("passwd")),
-                    target: "/etc/passwd".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("group")),
-                    target: "/etc/group".into(),
-                    read_only: true,
-                },
-                Mount {
-                    host: path(&layout.generated.join("fixuid.ran")),
-                    target: "/var/run/fixuid.ran".into(),
-                    read_only: true,
-                },
-            ],
-            tmpfs: vec![(
-                "/home/user".into(),
-                format!("uid={uid},gid={gid},mode=0700,exec,size=268435456"),
-            )],
-            labels: BTreeMap::from([
-                (LABEL_SESSION.to_owned(), id.to_owned()),
-                (LABEL_INSTANCE.to_owned(), self.instance_id.clone()),
-            ]),
+        let cfg = relay_session::SessionConfig {
+            state_dir: self.state_dir.clone(),
+            default_image: self.image_id.clone(),
+            sandbox_user: self.user,
+            chown_session_dirs: self.chown,
             network: "none".into(),
-            limits: Limits {
-                memory_bytes: Some(2 * GIB),
-                nano_cpus: Some(2_000_000_000),
-                pids: Some(512),
-            },
+            instance_id: self.instance_id.clone(),
             hardened: true,
-        }
+            agent_template: None,
+            activate_timeout: std::time::Duration::from_secs(60),
+        };
+        let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), layout);
+        spec.name = format!("pi-bench-{id}");
+        spec
     }
 
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, BoxError> {
