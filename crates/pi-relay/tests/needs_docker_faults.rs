@@ -87,6 +87,35 @@ impl Drop for Cleanup {
     }
 }
 
+/// What every fault test on the machine's engine starts with: the engine, a state root, a
+/// unique relay instance, and the guards that print the relay's log on failure and remove the
+/// instance's containers at the end (fields drop in this order).
+struct Fixture {
+    _cleanup: Cleanup,
+    _log: LogOnPanic,
+    docker: relay_docker::DockerSandbox,
+    instance: String,
+    root: tempfile::TempDir,
+}
+
+impl Fixture {
+    async fn new() -> Fixture {
+        let docker = docker().await;
+        let root = tempfile::tempdir().unwrap();
+        let instance = format!("test-{}", uuid::Uuid::new_v4());
+        Fixture {
+            _cleanup: Cleanup {
+                instance: instance.clone(),
+                docker_host: None,
+            },
+            _log: LogOnPanic(root.path().to_path_buf()),
+            docker,
+            instance,
+            root,
+        }
+    }
+}
+
 /// A relay running as its own process, so it can be killed like a real one.
 struct RelayProcess {
     child: Child,
@@ -231,15 +260,9 @@ fn session_dirs(state: &Path) -> HashSet<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_relay_killed_mid_run_loses_and_duplicates_nothing() {
-    let docker = docker().await;
-    let root = tempfile::tempdir().unwrap();
-    let _log = LogOnPanic(root.path().to_path_buf());
-    let instance = format!("test-{}", uuid::Uuid::new_v4());
-    let _cleanup = Cleanup {
-        instance: instance.clone(),
-        docker_host: None,
-    };
-    let first = spawn_relay(root.path(), &instance, &[]).await;
+    let fx = Fixture::new().await;
+    let (docker, root, instance) = (&fx.docker, &fx.root, &fx.instance);
+    let first = spawn_relay(root.path(), instance, &[]).await;
     let id = first.app.create_session().await;
     assert_eq!(first.app.activate(&id, "c").await.status, 200);
     let (mut ws, connected) = first.app.connect(&id, "c", 0).await;
@@ -259,7 +282,7 @@ async fn needs_docker_relay_killed_mid_run_loses_and_duplicates_nothing() {
     // pi goes on printing while no relay is there.
     tokio::time::sleep(Duration::from_millis(1500)).await;
 
-    let second = spawn_relay(root.path(), &instance, &[]).await;
+    let second = spawn_relay(root.path(), instance, &[]).await;
     // The client resumes from what it saw: its prompt (seq 1) plus the frames it received.
     let last_seen = 1 + seen.len() as u64;
     let (mut ws, connected) = second.app.connect(&id, "c", last_seen).await;
@@ -294,7 +317,7 @@ async fn needs_docker_relay_killed_mid_run_loses_and_duplicates_nothing() {
     assert_eq!(updates, 6000, "every event pi printed is in the journal");
 
     // Nothing is left behind after the session is deleted.
-    assert_eq!(containers_of(&docker, &instance).await.len(), 1);
+    assert_eq!(containers_of(docker, instance).await.len(), 1);
     assert_eq!(
         second
             .app
@@ -303,22 +326,16 @@ async fn needs_docker_relay_killed_mid_run_loses_and_duplicates_nothing() {
             .status,
         200
     );
-    assert!(containers_of(&docker, &instance).await.is_empty());
+    assert!(containers_of(docker, instance).await.is_empty());
     assert!(session_dirs(&root.path().join("state")).is_empty());
     second.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_a_sandbox_killed_from_outside_is_reported_and_activate_restarts_it() {
-    let docker = docker().await;
-    let root = tempfile::tempdir().unwrap();
-    let _log = LogOnPanic(root.path().to_path_buf());
-    let instance = format!("test-{}", uuid::Uuid::new_v4());
-    let _cleanup = Cleanup {
-        instance: instance.clone(),
-        docker_host: None,
-    };
-    let relay = spawn_relay(root.path(), &instance, &[]).await;
+    let fx = Fixture::new().await;
+    let (docker, root, instance) = (&fx.docker, &fx.root, &fx.instance);
+    let relay = spawn_relay(root.path(), instance, &[]).await;
     let app = &relay.app;
     let id = app.create_session().await;
     assert_eq!(app.activate(&id, "c").await.status, 200);
@@ -360,26 +377,20 @@ async fn needs_docker_a_sandbox_killed_from_outside_is_reported_and_activate_res
     assert!(logs.contains("exited with code"), "{logs}");
     journal(app, &id).await;
     assert_eq!(
-        containers_of(&docker, &instance).await.len(),
+        containers_of(docker, instance).await.len(),
         1,
         "the same container was restarted"
     );
     app.delete(&format!("/api/sessions/{id}")).await;
-    assert!(containers_of(&docker, &instance).await.is_empty());
+    assert!(containers_of(docker, instance).await.is_empty());
     relay.terminate();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_fifty_sessions_created_at_once_all_become_active() {
-    let docker = docker().await;
-    let root = tempfile::tempdir().unwrap();
-    let _log = LogOnPanic(root.path().to_path_buf());
-    let instance = format!("test-{}", uuid::Uuid::new_v4());
-    let _cleanup = Cleanup {
-        instance: instance.clone(),
-        docker_host: None,
-    };
-    let relay = spawn_relay(root.path(), &instance, &[]).await;
+    let fx = Fixture::new().await;
+    let (docker, root, instance) = (&fx.docker, &fx.root, &fx.instance);
+    let relay = spawn_relay(root.path(), instance, &[]).await;
     let app = relay.app.clone();
     let started = Instant::now();
     let mut tasks = Vec::new();
@@ -398,7 +409,7 @@ async fn needs_docker_fifty_sessions_created_at_once_all_become_active() {
     }
     eprintln!("50 sessions active after {:?}", started.elapsed());
     assert_eq!(ids.len(), 50);
-    let containers = containers_of(&docker, &instance).await;
+    let containers = containers_of(docker, instance).await;
     assert_eq!(containers.len(), 50);
     let owners: HashSet<_> = containers
         .iter()
@@ -420,7 +431,7 @@ async fn needs_docker_fifty_sessions_created_at_once_all_become_active() {
     for t in tasks {
         assert_eq!(t.await.unwrap(), 200);
     }
-    assert!(containers_of(&docker, &instance).await.is_empty());
+    assert!(containers_of(docker, instance).await.is_empty());
     assert!(session_dirs(&root.path().join("state")).is_empty());
     relay.terminate();
 }
@@ -463,15 +474,9 @@ fn rss_kib(pid: u32) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_a_storm_of_clients_leaves_no_descriptor_or_memory_behind() {
-    let docker = docker().await;
-    let root = tempfile::tempdir().unwrap();
-    let _log = LogOnPanic(root.path().to_path_buf());
-    let instance = format!("test-{}", uuid::Uuid::new_v4());
-    let _cleanup = Cleanup {
-        instance: instance.clone(),
-        docker_host: None,
-    };
-    let relay = spawn_relay(root.path(), &instance, &[]).await;
+    let fx = Fixture::new().await;
+    let (docker, root, instance) = (&fx.docker, &fx.root, &fx.instance);
+    let relay = spawn_relay(root.path(), instance, &[]).await;
     let pid = relay.pid();
     let app = relay.app.clone();
     let id = app.create_session().await;
@@ -529,7 +534,7 @@ async fn needs_docker_a_storm_of_clients_leaves_no_descriptor_or_memory_behind()
         "a"
     );
     app.delete(&format!("/api/sessions/{id}")).await;
-    assert!(containers_of(&docker, &instance).await.is_empty());
+    assert!(containers_of(docker, instance).await.is_empty());
     relay.terminate();
 }
 
@@ -695,17 +700,11 @@ async fn needs_docker_the_engine_stopping_and_starting_again_loses_no_session() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_an_idle_session_is_paused_and_resumes_with_nothing_lost() {
-    let docker = docker().await;
-    let root = tempfile::tempdir().unwrap();
-    let _log = LogOnPanic(root.path().to_path_buf());
-    let instance = format!("test-{}", uuid::Uuid::new_v4());
-    let _cleanup = Cleanup {
-        instance: instance.clone(),
-        docker_host: None,
-    };
+    let fx = Fixture::new().await;
+    let (docker, root, instance) = (&fx.docker, &fx.root, &fx.instance);
     let relay = spawn_relay(
         root.path(),
-        &instance,
+        instance,
         &[
             "--idle-timeout-secs",
             "1",
