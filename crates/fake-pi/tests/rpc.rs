@@ -8,14 +8,16 @@ use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader, DuplexStream};
 use tokio::task::JoinHandle;
 
-const CAPTURES: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testdata/pi-1.5.2/"
-);
+/// The captures, found from the crate's directory at run time (cargo sets it for tests), so a
+/// test binary built in another checkout still reads this checkout's files.
+fn captures_dir() -> String {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test");
+    format!("{crate_dir}/../../../shared/testdata/pi-1.5.2/")
+}
 const PATIENCE: Duration = Duration::from_secs(10);
 
 fn capture(name: &str) -> Vec<String> {
-    let path = format!("{CAPTURES}{name}");
+    let path = format!("{}{name}", captures_dir());
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("reading {path}: {e}"));
     text.lines().map(str::to_owned).collect()
 }

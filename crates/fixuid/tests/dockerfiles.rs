@@ -10,7 +10,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn images() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test"))
+        .join("../../images")
 }
 
 /// The seed's `/etc/fixuid/config.yml`, as its `printf` writes it.

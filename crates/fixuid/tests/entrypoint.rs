@@ -17,7 +17,8 @@ use std::process::Command;
 const UID: u32 = 1234;
 
 fn entrypoint() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../images/sandbox-debian/entrypoint.sh")
+    Path::new(&std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test"))
+        .join("../../images/sandbox-debian/entrypoint.sh")
 }
 
 /// The shells to run under: dash must exist (it is Debian's /bin/sh); busybox is optional.

@@ -262,7 +262,7 @@ impl Hub {
         if lines.is_empty() && count_after.is_none() {
             return;
         }
-        let now: Arc<str> = Arc::from(crate::timestamp().as_str());
+        let now = std::time::SystemTime::now();
         let mut st = self.state.lock().await;
         st.stdout_lines = count_after.unwrap_or(st.stdout_lines + lines.len() as u64);
         let cursor = Some((self.session_id.clone(), st.stdout_lines));
@@ -306,7 +306,7 @@ impl Hub {
                 seq: st.seq,
                 ty: ty.into(),
                 payload: payload.clone(),
-                created_at: now.clone(),
+                created_at: now,
             });
             frames.push((payload, ty == "extension_ui_request"));
         }
@@ -487,7 +487,7 @@ impl Hub {
                     seq: st.seq,
                     ty: "prompt".into(),
                     payload: line.clone(),
-                    created_at: Arc::from(crate::timestamp().as_str()),
+                    created_at: std::time::SystemTime::now(),
                 };
                 if let Err(e) = self.store.append(entry).await {
                     tracing::error!(session = %self.session_id, error = %e, "journal write failed");

@@ -6,6 +6,7 @@
 //! journal lines are committed in batches. Reads use a small pool of separate connections (WAL
 //! lets them proceed while the writer commits). Only this crate knows SQL.
 
+mod journal;
 mod migrations;
 mod rows;
 mod secrets;
@@ -134,9 +135,21 @@ impl Store {
         R: Send + 'static,
         F: FnOnce(&rusqlite::Transaction<'_>) -> Result<R, StoreError> + Send + 'static,
     {
+        self.write_journals(move |tx, _| f(tx)).await
+    }
+
+    /// [`Store::write`] for work that also adds or drops journals, and so needs the writer's
+    /// cache of journal keys.
+    async fn write_journals<R, F>(&self, f: F) -> Result<R, StoreError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction<'_>, &mut journal::JournalKeys) -> Result<R, StoreError>
+            + Send
+            + 'static,
+    {
         let (reply, rx) = oneshot::channel();
-        let job: Job = Box::new(move |tx| {
-            let result = f(tx);
+        let job: Job = Box::new(move |tx, keys| {
+            let result = f(tx, keys);
             let ok = result.is_ok();
             let done: writer::Completion = Box::new(move |commit| {
                 let _ = reply.send(match commit {
@@ -404,26 +417,41 @@ impl Store {
     }
 
     /// Deletes up to `limit` events of a session; returns how many were deleted. Deleting in
-    /// small chunks keeps the single writer responsive for everyone else.
+    /// small chunks keeps the single writer responsive for everyone else. Once a journal is
+    /// empty and its session gone, the journal itself is dropped.
     pub async fn delete_events_chunk(&self, id: &str, limit: usize) -> Result<usize, StoreError> {
         let id = id.to_owned();
-        self.write(move |tx| {
-            Ok(tx.execute(
-                "DELETE FROM events WHERE rowid IN \
-                 (SELECT rowid FROM events WHERE session_id = ?1 LIMIT ?2)",
-                params![id, limit as i64],
-            )?)
+        self.write_journals(move |tx, keys| {
+            let Some(key) = journal::existing_key(tx, &id)? else {
+                return Ok(0);
+            };
+            let (lo, hi) = journal::key_range(key);
+            let n = tx.execute(
+                "DELETE FROM journal_lines WHERE id IN \
+                 (SELECT id FROM journal_lines WHERE id >= ?1 AND id < ?2 ORDER BY id LIMIT ?3)",
+                params![lo, hi, i64::try_from(limit).unwrap_or(i64::MAX)],
+            )?;
+            if n == 0 {
+                let dropped = tx.execute(
+                    "DELETE FROM journals WHERE key = ?1 \
+                     AND NOT EXISTS (SELECT 1 FROM sessions WHERE id = ?2)",
+                    params![key, id],
+                )?;
+                if dropped > 0 {
+                    keys.forget(&id);
+                }
+            }
+            Ok(n)
         })
         .await
     }
 
-    /// Ids of sessions that have journal lines but no session row (left by an interrupted
-    /// delete).
+    /// Ids of sessions that have a journal but no session row (left by an interrupted delete).
     pub async fn orphaned_event_sessions(&self) -> Result<Vec<String>, StoreError> {
         self.read(|c| {
             let mut st = c.prepare(
-                "SELECT DISTINCT e.session_id FROM events e \
-                 LEFT JOIN sessions s ON s.id = e.session_id WHERE s.id IS NULL",
+                "SELECT j.session_id FROM journals j \
+                 LEFT JOIN sessions s ON s.id = j.session_id WHERE s.id IS NULL ORDER BY j.key",
             )?;
             let ids = st
                 .query_map([], |r| r.get(0))?
@@ -540,12 +568,14 @@ impl Store {
     pub async fn max_seq(&self, session_id: &str) -> Result<u64, StoreError> {
         let id = session_id.to_owned();
         self.read(move |c| {
-            let v: i64 = c.query_row(
-                "SELECT COALESCE(MAX(seq), 0) FROM events WHERE session_id = ?1",
-                [id],
-                |r| r.get(0),
-            )?;
-            Ok(v as u64)
+            let Some(key) = journal::existing_key(c, &id)? else {
+                return Ok(0);
+            };
+            let (lo, hi) = journal::key_range(key);
+            let top: Option<i64> = c
+                .prepare_cached("SELECT MAX(id) FROM journal_lines WHERE id >= ?1 AND id < ?2")?
+                .query_row(params![lo, hi], |r| r.get(0))?;
+            Ok(top.map_or(0, journal::seq_of))
         })
         .await
     }
@@ -560,19 +590,31 @@ impl Store {
     ) -> Result<Vec<EventRow>, StoreError> {
         let id = session_id.to_owned();
         self.read(move |c| {
+            let upto = upto.min(journal::MAX_SEQ);
+            let Some(key) = journal::existing_key(c, &id)? else {
+                return Ok(Vec::new());
+            };
+            if after >= upto {
+                return Ok(Vec::new());
+            }
+            let (Some(from), Some(to)) = (
+                journal::line_id(key, after + 1),
+                journal::line_id(key, upto),
+            ) else {
+                return Ok(Vec::new());
+            };
             let mut st = c.prepare_cached(
-                "SELECT seq, type, payload, created_at FROM events \
-                 WHERE session_id = ?1 AND seq > ?2 AND seq <= ?3 ORDER BY seq LIMIT ?4",
+                "SELECT id, type, payload, created_at FROM journal_lines \
+                 WHERE id >= ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
             )?;
-            let upto = i64::try_from(upto).unwrap_or(i64::MAX);
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
             let rows = st
-                .query_map(params![id, after as i64, upto, limit], |r| {
+                .query_map(params![from, to, limit], |r| {
                     Ok(EventRow {
-                        seq: r.get::<_, i64>(0)? as u64,
+                        seq: journal::seq_of(r.get(0)?),
                         ty: r.get(1)?,
                         payload: r.get(2)?,
-                        created_at: r.get(3)?,
+                        created_at: journal::rfc3339(r.get(3)?),
                     })
                 })?
                 .collect::<Result<Vec<_>, _>>()?;

@@ -6,7 +6,7 @@ use rusqlite::Connection;
 use crate::StoreError;
 
 /// The migrations, oldest first. Never edit one that has shipped; add a new one.
-const MIGRATIONS: &[(&str, &str)] = &[
+pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0001_initial",
         include_str!("../migrations/0001_initial.sql"),
@@ -18,6 +18,10 @@ const MIGRATIONS: &[(&str, &str)] = &[
     (
         "0003_secrets_settings",
         include_str!("../migrations/0003_secrets_settings.sql"),
+    ),
+    (
+        "0004_journal_keys",
+        include_str!("../migrations/0004_journal_keys.sql"),
     ),
 ];
 

@@ -73,7 +73,7 @@ pub struct JournalEntry {
     pub seq: u64,
     pub ty: Box<str>,
     pub payload: Bytes,
-    pub created_at: Arc<str>,
+    pub created_at: std::time::SystemTime,
 }
 
 /// One journal line as read back.

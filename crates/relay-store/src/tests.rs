@@ -28,7 +28,7 @@ fn entry(session: &str, seq: u64) -> JournalEntry {
         seq,
         ty: "agent_start".into(),
         payload: Bytes::from(format!("{{\"type\":\"agent_start\",\"n\":{seq}}}")),
-        created_at: Arc::from("2026-01-01T00:00:00.000Z"),
+        created_at: std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_767_225_600_000),
     }
 }
 
@@ -115,6 +115,110 @@ async fn journal_lines_are_readable_after_a_barrier_in_order() {
     assert_eq!(page[0].ty, "agent_start");
     let bounded = store.events("s1", 0, 4, 100).await.unwrap();
     assert_eq!(bounded.len(), 4);
+    assert_eq!(bounded[0].created_at, "2026-01-01T00:00:00.000Z");
+    assert!(store.events("s1", 4, 4, 100).await.unwrap().is_empty());
+    assert!(
+        store
+            .events("s1", 10, u64::MAX, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .events("none", 0, u64::MAX, 100)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // Each session's lines stay its own, whatever the order they were written in.
+    let s2 = store.events("s2", 0, u64::MAX, 100).await.unwrap();
+    assert_eq!(s2.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+}
+
+#[tokio::test]
+async fn journals_written_interleaved_read_back_apart() {
+    let (_d, store) = temp_store();
+    let batch: Vec<_> = (1..=50)
+        .flat_map(|seq| [entry("a", seq), entry("b", seq), entry("c", seq)])
+        .collect();
+    store.append_batch(batch, None).await.unwrap();
+    store.barrier().await.unwrap();
+    for id in ["a", "b", "c"] {
+        let all = store.events(id, 0, u64::MAX, 1000).await.unwrap();
+        assert_eq!(
+            all.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            (1..=50).collect::<Vec<_>>()
+        );
+        assert_eq!(store.max_seq(id).await.unwrap(), 50);
+    }
+}
+
+#[tokio::test]
+async fn a_sequence_number_out_of_range_is_dropped_alone() {
+    let (_d, store) = temp_store();
+    let batch = vec![
+        entry("s1", 1),
+        entry("s1", 0),
+        entry("s1", 1 << 40),
+        entry("s1", 2),
+    ];
+    store.append_batch(batch, None).await.unwrap();
+    store.barrier().await.unwrap();
+    let all = store.events("s1", 0, u64::MAX, 10).await.unwrap();
+    assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
+}
+
+#[tokio::test]
+async fn a_database_from_before_journal_keys_keeps_its_journal() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    {
+        // The schema as 0.1 left it: migrations 1-3, events keyed by session id text.
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        let tx = conn.transaction().unwrap();
+        for (_, sql) in &migrations::MIGRATIONS[..3] {
+            tx.execute_batch(sql).unwrap();
+        }
+        tx.pragma_update(None, "user_version", 3).unwrap();
+        tx.commit().unwrap();
+        let mut st = conn
+            .prepare(
+                "INSERT INTO events (session_id, seq, type, payload, created_at) \
+                 VALUES (?1, ?2, ?3, ?4, ?5)",
+            )
+            .unwrap();
+        for (sid, seq, at) in [
+            ("s1", 1, "2026-03-04T05:06:07.089Z"),
+            ("s2", 1, "2026-03-04T05:06:08.000Z"),
+            ("s1", 2, "2026-03-04T05:06:09.999Z"),
+        ] {
+            st.execute(params![
+                sid,
+                seq,
+                "agent_start",
+                format!("{{\"n\":{seq}}}"),
+                at
+            ])
+            .unwrap();
+        }
+    }
+    let store = Store::open(&path).unwrap();
+    let s1 = store.events("s1", 0, u64::MAX, 10).await.unwrap();
+    assert_eq!(
+        s1.iter()
+            .map(|e| (e.seq, e.payload.as_str(), e.created_at.as_str()))
+            .collect::<Vec<_>>(),
+        [
+            (1, "{\"n\":1}", "2026-03-04T05:06:07.089Z"),
+            (2, "{\"n\":2}", "2026-03-04T05:06:09.999Z")
+        ]
+    );
+    assert_eq!(store.max_seq("s2").await.unwrap(), 1);
+    // New lines continue the migrated journal.
+    store.append(entry("s1", 3)).await.unwrap();
+    store.barrier().await.unwrap();
+    assert_eq!(store.max_seq("s1").await.unwrap(), 3);
 }
 
 #[tokio::test]
@@ -150,6 +254,26 @@ async fn deleting_a_session_leaves_events_to_be_removed_in_chunks() {
     }
     assert_eq!(removed, 25);
     assert!(store.orphaned_event_sessions().await.unwrap().is_empty());
+    // A line that arrives after the purge (a late write of the deleted session) is found again
+    // and purged like the rest.
+    store.append(entry("s1", 26)).await.unwrap();
+    store.barrier().await.unwrap();
+    assert_eq!(store.orphaned_event_sessions().await.unwrap(), ["s1"]);
+    assert_eq!(store.delete_events_chunk("s1", 10).await.unwrap(), 1);
+    assert_eq!(store.delete_events_chunk("s1", 10).await.unwrap(), 0);
+    assert!(store.orphaned_event_sessions().await.unwrap().is_empty());
+}
+
+#[tokio::test]
+async fn purging_leaves_a_live_sessions_empty_journal_alone() {
+    let (_d, store) = temp_store();
+    store.insert_session(new_session("s1")).await.unwrap();
+    store.append(entry("s1", 1)).await.unwrap();
+    assert_eq!(store.delete_events_chunk("s1", 10).await.unwrap(), 1);
+    assert_eq!(store.delete_events_chunk("s1", 10).await.unwrap(), 0);
+    store.append(entry("s1", 2)).await.unwrap();
+    store.barrier().await.unwrap();
+    assert_eq!(store.max_seq("s1").await.unwrap(), 2);
 }
 
 #[tokio::test]

@@ -3,13 +3,16 @@
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::journal::{self, JournalKeys};
 use crate::{JournalEntry, MAX_BATCH, StoreError};
 
 /// Called after the transaction holding a job commits (or fails to).
 pub(crate) type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
 /// A unit of work run inside the writer's transaction; returns whether it succeeded (a failed
-/// job's changes are rolled back to its savepoint) and its completion.
-pub(crate) type Job = Box<dyn FnOnce(&rusqlite::Transaction<'_>) -> (bool, Completion) + Send>;
+/// job's changes are rolled back to its savepoint) and its completion. Jobs that add or drop
+/// journals get the writer's key cache.
+pub(crate) type Job =
+    Box<dyn FnOnce(&rusqlite::Transaction<'_>, &mut JournalKeys) -> (bool, Completion) + Send>;
 
 pub(crate) enum WriteOp {
     Append(JournalEntry),
@@ -19,10 +22,11 @@ pub(crate) enum WriteOp {
 }
 
 pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
-    // A larger page cache keeps the journal's index pages in memory while it grows.
+    // A larger page cache keeps the journal's pages in memory while it grows.
     if let Err(e) = conn.pragma_update(None, "cache_size", -16 * 1024) {
         tracing::warn!(error = %e, "cannot enlarge the writer's page cache");
     }
+    let mut keys = JournalKeys::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -32,21 +36,21 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
                 Err(_) => break,
             }
         }
-        commit_batch(&mut conn, &mut batch);
+        commit_batch(&mut conn, &mut batch, &mut keys);
     }
     tracing::debug!("store writer stopped");
 }
 
-fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
+fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, keys: &mut JournalKeys) {
     let mut completions: Vec<Completion> = Vec::new();
     let mut barriers = Vec::new();
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         for op in batch.drain(..) {
             match op {
-                WriteOp::Append(e) => append(&tx, &e),
+                WriteOp::Append(e) => append_many(&tx, keys, std::slice::from_ref(&e)),
                 WriteOp::AppendBatch(entries, cursor) => {
-                    append_many(&tx, &entries);
+                    append_many(&tx, keys, &entries);
                     if let Some((session, lines)) = cursor {
                         tx.prepare_cached(
                             "UPDATE sessions SET sandbox_stdout_lines = ?2 WHERE id = ?1",
@@ -57,7 +61,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
                 WriteOp::Barrier(b) => barriers.push(b),
                 WriteOp::Job(job) => {
                     tx.execute_batch("SAVEPOINT job")?;
-                    let (ok, done) = job(&tx);
+                    let (ok, done) = job(&tx, keys);
                     if ok {
                         tx.execute_batch("RELEASE job")?;
                     } else {
@@ -73,6 +77,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
     batch.clear();
     if let Err(e) = &result {
         tracing::error!(error = %e, "store batch failed to commit");
+        keys.clear();
     }
     for done in completions {
         done(result.as_ref().map(|_| ()));
@@ -83,72 +88,88 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>) {
 }
 
 /// Rows per multi-row INSERT: one statement step for many rows roughly halves SQLite's work per
-/// journal line, the relay's largest CPU cost while pi streams.
+/// journal line.
 const ROWS_PER_INSERT: usize = 32;
 
 fn multi_insert_sql() -> &'static str {
     static SQL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     SQL.get_or_init(|| {
-        let rows = vec!["(?, ?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ");
-        format!("INSERT INTO events (session_id, seq, type, payload, created_at) VALUES {rows}")
+        let rows = vec!["(?, ?, ?, ?)"; ROWS_PER_INSERT].join(", ");
+        format!("INSERT INTO journal_lines (id, type, payload, created_at) VALUES {rows}")
     })
 }
 
-/// Appends entries, many rows per statement. A chunk that fails (a duplicate sequence number,
-/// a payload that is not UTF-8) is retried row by row, so one bad line never costs the others.
-fn append_many(tx: &rusqlite::Transaction<'_>, entries: &[JournalEntry]) {
-    let mut chunks = entries.chunks_exact(ROWS_PER_INSERT);
-    for chunk in &mut chunks {
-        let ok = chunk
-            .iter()
-            .all(|e| std::str::from_utf8(&e.payload).is_ok())
-            && tx
-                .prepare_cached(multi_insert_sql())
-                .and_then(|mut st| {
-                    let mut i = 1;
-                    for e in chunk {
-                        // Checked above; a lossy conversion never happens here.
-                        let payload = String::from_utf8_lossy(&e.payload);
-                        st.raw_bind_parameter(i, &*e.session_id)?;
-                        st.raw_bind_parameter(i + 1, e.seq as i64)?;
-                        st.raw_bind_parameter(i + 2, &*e.ty)?;
-                        st.raw_bind_parameter(i + 3, payload.as_ref())?;
-                        st.raw_bind_parameter(i + 4, &*e.created_at)?;
-                        i += 5;
-                    }
-                    st.raw_execute()
-                })
-                .is_ok();
-        if !ok {
-            chunk.iter().for_each(|e| append(tx, e));
-        }
-    }
-    chunks.remainder().iter().for_each(|e| append(tx, e));
+/// A journal line ready to bind: row id and payload text.
+struct Row<'a> {
+    id: i64,
+    entry: &'a JournalEntry,
+    payload: &'a str,
 }
 
-fn append(tx: &rusqlite::Transaction<'_>, e: &JournalEntry) {
-    let payload = match std::str::from_utf8(&e.payload) {
-        Ok(p) => p,
-        Err(_) => {
-            tracing::error!(session = %e.session_id, seq = e.seq, "journal payload is not UTF-8; dropped");
-            return;
+/// Appends entries, many rows per statement. A line that cannot be stored (payload not UTF-8,
+/// sequence number out of range, no journal key) is logged and dropped; a chunk that fails (a
+/// duplicate sequence number) is retried row by row, so one bad line never costs the others.
+fn append_many(tx: &rusqlite::Transaction<'_>, keys: &mut JournalKeys, entries: &[JournalEntry]) {
+    let mut rows = Vec::with_capacity(entries.len());
+    for e in entries {
+        let key = match keys.key(tx, &e.session_id) {
+            Ok(k) => k,
+            Err(err) => {
+                tracing::error!(session = %e.session_id, seq = e.seq, error = %err, "journal key unavailable; line dropped");
+                continue;
+            }
+        };
+        let Some(id) = journal::line_id(key, e.seq) else {
+            tracing::error!(session = %e.session_id, seq = e.seq, "journal sequence number out of range; line dropped");
+            continue;
+        };
+        let Ok(payload) = std::str::from_utf8(&e.payload) else {
+            tracing::error!(session = %e.session_id, seq = e.seq, "journal payload is not UTF-8; line dropped");
+            continue;
+        };
+        rows.push(Row {
+            id,
+            entry: e,
+            payload,
+        });
+    }
+    let mut chunks = rows.chunks_exact(ROWS_PER_INSERT);
+    for chunk in &mut chunks {
+        let ok = tx
+            .prepare_cached(multi_insert_sql())
+            .and_then(|mut st| {
+                let mut i = 1;
+                for r in chunk {
+                    st.raw_bind_parameter(i, r.id)?;
+                    st.raw_bind_parameter(i + 1, &*r.entry.ty)?;
+                    st.raw_bind_parameter(i + 2, r.payload)?;
+                    st.raw_bind_parameter(i + 3, journal::millis(r.entry.created_at))?;
+                    i += 4;
+                }
+                st.raw_execute()
+            })
+            .is_ok();
+        if !ok {
+            chunk.iter().for_each(|r| append(tx, r));
         }
-    };
+    }
+    chunks.remainder().iter().for_each(|r| append(tx, r));
+}
+
+fn append(tx: &rusqlite::Transaction<'_>, r: &Row<'_>) {
     let res = tx
         .prepare_cached(
-            "INSERT INTO events (session_id, seq, type, payload, created_at) \
-             VALUES (?1, ?2, ?3, ?4, ?5)",
+            "INSERT INTO journal_lines (id, type, payload, created_at) VALUES (?1, ?2, ?3, ?4)",
         )
         .and_then(|mut st| {
             st.execute(params![
-                &*e.session_id,
-                e.seq as i64,
-                &*e.ty,
-                payload,
-                &*e.created_at
+                r.id,
+                &*r.entry.ty,
+                r.payload,
+                journal::millis(r.entry.created_at)
             ])
         });
     if let Err(err) = res {
-        tracing::error!(session = %e.session_id, seq = e.seq, error = %err, "journal append failed");
+        tracing::error!(session = %r.entry.session_id, seq = r.entry.seq, error = %err, "journal append failed");
     }
 }

@@ -10,10 +10,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Requests (path, headers, body) that real pi 1.5.2 sent to the Python mock of the recipe.
-const RECORDED_REQUESTS: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../../../shared/testdata/pi-1.5.2/llm-requests-openai.jsonl"
-);
+/// Found from the crate's directory at run time, so a test binary built in another checkout
+/// still reads this checkout's file.
+fn recorded_requests() -> String {
+    let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test");
+    format!("{crate_dir}/../../../shared/testdata/pi-1.5.2/llm-requests-openai.jsonl")
+}
 
 /// Upper bound for any single exchange, so a bug makes a test fail instead of hang.
 const EXCHANGE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -538,8 +540,9 @@ async fn dropping_the_mock_stops_the_listener() {
 /// this test shows whether the mock still understands them.
 #[tokio::test]
 async fn every_request_recorded_from_real_pi_gets_the_right_turn() {
-    let recorded = std::fs::read_to_string(RECORDED_REQUESTS)
-        .unwrap_or_else(|error| panic!("cannot read {RECORDED_REQUESTS}: {error}"));
+    let path = recorded_requests();
+    let recorded = std::fs::read_to_string(&path)
+        .unwrap_or_else(|error| panic!("cannot read {path}: {error}"));
     let llm = MockLlm::start(script()).await.expect("start mock");
     let mut bodies = Vec::new();
     let (mut tool_turns, mut text_turns) = (0, 0);
