@@ -4,6 +4,7 @@
 //! SIGINT/SIGTERM closes clients and stops background work while leaving sandboxes running.
 
 use std::error::Error;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -36,7 +37,8 @@ pub struct Relay {
     sessions: SessionService,
     cancel: CancellationToken,
     tasks: TaskTracker,
-    server: tokio::task::JoinHandle<std::io::Result<()>>,
+    /// Resolves when the API thread has stopped serving.
+    server: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
     /// Held until the relay is dropped: no second relay or `secrets` command on this database.
     _lock: StoreLock,
 }
@@ -168,9 +170,7 @@ impl Relay {
                 .unwrap_or_else(|| "dev".into()),
         };
         let stop = cancel.clone();
-        let server = tokio::spawn(relay_api::serve(listener, state, async move {
-            stop.cancelled().await
-        }));
+        let server = spawn_api_thread(listener, state, async move { stop.cancelled().await })?;
         tracing::info!(%addr, "pi-relay listening");
         Ok(Relay {
             addr,
@@ -201,7 +201,7 @@ impl Relay {
         match tokio::time::timeout(SHUTDOWN_GRACE, self.server).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
-            Ok(Err(e)) => tracing::warn!(error = %e, "server task failed"),
+            Ok(Err(_)) => tracing::warn!("the API thread ended without a result"),
             Err(_) => tracing::warn!("open connections did not close in time"),
         }
         // The journal is written in batches: commit what is queued before the process goes.
@@ -209,6 +209,36 @@ impl Relay {
             tracing::error!(error = %e, "could not flush the journal");
         }
     }
+}
+
+/// Serves the API from a thread of its own with a single-threaded runtime: it accepts
+/// connections and speaks HTTP, while handlers run on the calling (work) runtime. Kept apart
+/// from the threads that stream sessions, it is answered promptly by the kernel when a request
+/// arrives, however busy streaming keeps them.
+fn spawn_api_thread(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>, BoxError> {
+    let work = tokio::runtime::Handle::current();
+    let listener = listener.into_std()?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (done, server) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("api".into())
+        .spawn(move || {
+            let result = runtime.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener)?;
+                relay_api::serve(listener, state, work, shutdown).await
+            });
+            // Upgraded WebSockets are registered with this runtime: drop it (closing them)
+            // before saying the server has stopped.
+            drop(runtime);
+            let _ = done.send(result);
+        })?;
+    Ok(server)
 }
 
 async fn signalled() {

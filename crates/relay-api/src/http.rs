@@ -1,5 +1,6 @@
 //! Cross-cutting HTTP behaviour: permissive CORS as the pi-apps clients need it, request ids,
-//! bearer-token access control, and the plain-text 404 for unknown routes.
+//! bearer-token access control, the plain-text 404 for unknown routes, and which runtime a
+//! request's handler runs on.
 
 use axum::body::Body;
 use axum::extract::{Request, State};
@@ -11,6 +12,29 @@ use subtle::ConstantTimeEq;
 use crate::AppState;
 
 const ALLOW_METHODS: &str = "GET, HEAD, PUT, POST, DELETE, PATCH";
+
+/// Runs the rest of the request on the relay's work runtime, except `/health`, which is
+/// answered right on the API thread. The API thread only accepts connections and speaks HTTP,
+/// so it sleeps most of the time and the kernel runs it as soon as a request arrives, even
+/// while a flood keeps the work runtime's threads busy; a liveness probe then measures the
+/// relay, not the length of the run queue. Handlers (and the WebSocket sessions they upgrade
+/// to) spawn their background work where they run, so it all stays on the work runtime.
+pub(crate) async fn on_work_runtime(
+    State(work): State<tokio::runtime::Handle>,
+    req: Request,
+    next: Next,
+) -> Response {
+    if req.uri().path() == "/health" {
+        return next.run(req).await;
+    }
+    match work.spawn(next.run(req)).await {
+        Ok(res) => res,
+        Err(e) => {
+            tracing::error!(error = %e, "request handler failed");
+            crate::ApiError::Internal("request handler failed".into()).into_response()
+        }
+    }
+}
 
 /// Answers CORS preflights with 204 and marks every response as readable from any origin.
 pub(crate) async fn cors(req: Request, next: Next) -> Response {

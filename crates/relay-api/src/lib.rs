@@ -91,9 +91,12 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
 }
 
 /// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
+/// Connections are accepted and spoken to on the runtime this runs on; every handler but
+/// `/health` runs on `work` (see [`http::on_work_runtime`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
+    work: tokio::runtime::Handle,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     // Without TCP_NODELAY, Nagle holds a small frame back until the previous one is acked,
@@ -101,7 +104,11 @@ pub async fn serve(
     let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
         let _ = tcp.set_nodelay(true);
     });
-    axum::serve(listener, router(state))
+    let app = router(state).layer(axum::middleware::from_fn_with_state(
+        work,
+        http::on_work_runtime,
+    ));
+    axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
 }

@@ -32,15 +32,16 @@ impl LineSplitter {
         s
     }
 
-    /// Feeds a chunk and appends every line it completes (without the `\n`) to `out`.
-    pub fn push(&mut self, chunk: &[u8], out: &mut Vec<Bytes>) {
-        let mut rest = chunk;
-        while let Some(pos) = memchr(b'\n', rest) {
+    /// Feeds a chunk and appends every line it completes (without the `\n`) to `out`. A line
+    /// that lies within one chunk is a slice of it, not a copy.
+    pub fn push(&mut self, chunk: &Bytes, out: &mut Vec<Bytes>) {
+        let mut rest: &[u8] = chunk;
+        while let Some(pos) = memchr::memchr(b'\n', rest) {
             let (head, tail) = (&rest[..pos], &rest[pos + 1..]);
             if self.discarding {
                 self.discarding = false;
             } else if self.buf.is_empty() {
-                out.push(Bytes::copy_from_slice(head));
+                out.push(chunk.slice_ref(head));
             } else {
                 self.buf.extend_from_slice(head);
                 out.push(self.buf.split().freeze());
@@ -75,10 +76,6 @@ impl LineSplitter {
     }
 }
 
-fn memchr(needle: u8, hay: &[u8]) -> Option<usize> {
-    hay.iter().position(|&b| b == needle)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -87,7 +84,7 @@ mod tests {
         let mut s = LineSplitter::new();
         let mut out = Vec::new();
         for c in chunks {
-            s.push(c, &mut out);
+            s.push(&Bytes::copy_from_slice(c), &mut out);
         }
         out.extend(s.finish());
         out.into_iter().map(|b| b.to_vec()).collect()
@@ -137,11 +134,11 @@ mod tests {
     fn an_over_long_line_is_dropped_and_the_next_line_kept() {
         let mut s = LineSplitter::new();
         let mut out = Vec::new();
-        let chunk = vec![b'x'; 1024 * 1024];
+        let chunk = Bytes::from(vec![b'x'; 1024 * 1024]);
         for _ in 0..(MAX_LINE_BYTES / chunk.len() + 1) {
             s.push(&chunk, &mut out);
         }
-        s.push(b"tail\nnext\n", &mut out);
+        s.push(&Bytes::from_static(b"tail\nnext\n"), &mut out);
         assert_eq!(out, [Bytes::from_static(b"next")]);
         assert_eq!(s.dropped(), 1);
     }

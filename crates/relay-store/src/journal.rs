@@ -19,7 +19,9 @@ pub(crate) const MAX_SEQ: u64 = (1 << SEQ_BITS) - 1;
 
 /// Row id of line `seq` of journal `key`; `None` for a sequence number out of range.
 pub(crate) fn line_id(key: i64, seq: u64) -> Option<i64> {
-    (1..=MAX_SEQ).contains(&seq).then_some((key << SEQ_BITS) | seq as i64)
+    (1..=MAX_SEQ)
+        .contains(&seq)
+        .then_some((key << SEQ_BITS) | seq as i64)
 }
 
 /// Row ids `lo..hi` (half-open) that belong to journal `key`.

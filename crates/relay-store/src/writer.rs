@@ -26,6 +26,7 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
     if let Err(e) = conn.pragma_update(None, "cache_size", -16 * 1024) {
         tracing::warn!(error = %e, "cannot enlarge the writer's page cache");
     }
+    lower_priority();
     let mut keys = JournalKeys::default();
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
@@ -39,6 +40,26 @@ pub(crate) fn run(mut conn: Connection, mut rx: mpsc::Receiver<WriteOp>) {
         commit_batch(&mut conn, &mut batch, &mut keys);
     }
     tracing::debug!("store writer stopped");
+}
+
+/// Nice value of the writer thread. Journal writing is bulk work, and the writer is the relay's
+/// busiest thread while pi streams; at a lower priority it yields the CPU to the API and the
+/// sessions' streams when the machine is saturated, and catches up as soon as it is not (a
+/// full queue slows the streaming session down rather than growing memory).
+const WRITER_NICE: i32 = 10;
+
+/// Lowers this thread's scheduling priority by [`WRITER_NICE`] (Linux nice values are per
+/// thread). Failing to is harmless: the writer only runs at the normal priority.
+#[allow(unsafe_code)]
+fn lower_priority() {
+    // SAFETY: gettid and setpriority take no pointers and only affect the calling thread.
+    let rc = unsafe {
+        let tid = libc::gettid();
+        libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, WRITER_NICE)
+    };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the store writer's priority");
+    }
 }
 
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, keys: &mut JournalKeys) {

@@ -54,6 +54,10 @@ pub struct BenchArgs {
     /// Events per flood (throughput, /health under load, the stalled client).
     #[arg(long, default_value_t = 200_000)]
     pub flood: u64,
+    /// Events per flood while `/health` is polled: longer than --flood, so that its p99 rests on
+    /// enough requests (a 5 ms period gives about one per 700 events).
+    #[arg(long, default_value_t = 600_000)]
+    pub health_flood: u64,
     /// Journal events a reconnecting client replays.
     #[arg(long, default_value_t = 100_000)]
     pub replay: u64,
@@ -133,8 +137,15 @@ impl Bench {
 
 /// Runs the benchmark and prints its report.
 pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
-    if args.runs == 0 || args.flood == 0 || args.sessions == 0 || args.replay == 0 {
-        return Err("--runs, --flood, --sessions and --replay must be at least 1".into());
+    if args.runs == 0
+        || args.flood == 0
+        || args.health_flood == 0
+        || args.sessions == 0
+        || args.replay == 0
+    {
+        return Err(
+            "--runs, --flood, --health-flood, --sessions and --replay must be at least 1".into(),
+        );
     }
     if args.pace_events == 0 {
         return Err("--pace-events must be at least 1".into());
@@ -171,6 +182,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let settings = Settings {
         sessions: args.sessions,
         flood: args.flood,
+        health_flood: args.health_flood,
         replay: args.replay,
         runs: args.runs,
         pace_events: args.pace_events,

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 use serde_json::json;
 
 use super::client::{
-    SETTLED_PREFIX, UPDATE_PREFIX, Ws, is_relay_frame, next_text, realtime_ns, send_text,
+    Api, SETTLED_PREFIX, UPDATE_PREFIX, Ws, is_relay_frame, next_text, realtime_ns, send_text,
     sent_at_ns,
 };
 use super::probe::{HealthProbe, RssSampler};
@@ -31,6 +31,8 @@ const IDLE_PROBE: Duration = Duration::from_secs(2);
 const EVENTS_PAGE: usize = 10_000;
 /// Sessions created or deleted at once.
 const BATCH: usize = 5;
+/// Close code of a client the relay cut off for falling too far behind.
+const CLIENT_TOO_SLOW: u16 = 4008;
 
 fn progress(what: &str) {
     eprintln!("pi-relay bench: {what}");
@@ -187,6 +189,7 @@ async fn many_sessions(b: &Bench) -> Result<SessionsResult, BoxError> {
 /// last sequence number as it must be once everything seen so far is committed.
 pub struct MainSession {
     id: String,
+    api: Api,
     ws: Ws,
     expected_seq: u64,
 }
@@ -194,6 +197,9 @@ pub struct MainSession {
 /// Frames of one run.
 struct RunCount {
     updates: u64,
+    /// Times the client fell more than the relay's backlog behind, was closed with 4008 and
+    /// resumed by lastSeq, as a pi-apps client does.
+    resumed: u32,
 }
 
 impl MainSession {
@@ -202,6 +208,7 @@ impl MainSession {
         let (ws, seq) = b.api.ws(&id, "bench-main", 0).await?;
         let mut m = MainSession {
             id,
+            api: b.api.clone(),
             ws,
             expected_seq: seq,
         };
@@ -248,6 +255,7 @@ impl MainSession {
         let deadline = tokio::time::sleep(limit);
         tokio::pin!(deadline);
         let mut updates = 0;
+        let mut resumed = 0;
         loop {
             let msg = tokio::select! {
                 biased;
@@ -256,6 +264,15 @@ impl MainSession {
             };
             let frame = match msg {
                 Some(Ok(Message::Text(t))) => t,
+                Some(Ok(Message::Close(Some(f)))) if u16::from(f.code) == CLIENT_TOO_SLOW => {
+                    let (ws, _) = self
+                        .api
+                        .ws(&self.id, "bench-main", self.expected_seq)
+                        .await?;
+                    self.ws = ws;
+                    resumed += 1;
+                    continue;
+                }
                 Some(Ok(Message::Close(f))) => {
                     return Err(format!("the relay closed the WebSocket: {f:?}").into());
                 }
@@ -269,7 +286,7 @@ impl MainSession {
             if frame.starts_with(UPDATE_PREFIX) {
                 updates += 1;
             } else if frame.starts_with(SETTLED_PREFIX) {
-                return Ok(RunCount { updates });
+                return Ok(RunCount { updates, resumed });
             }
         }
     }
@@ -352,6 +369,7 @@ async fn flood(b: &Bench, m: &mut MainSession) -> Result<FloodResult, BoxError> 
         n,
         relay_elapsed,
         relay_updates: run.updates,
+        relay_resumed: run.resumed,
         journal_caught_up,
         relay_ticks_settled: c_settled - c0,
         relay_ticks: c1 - c0,
@@ -421,7 +439,7 @@ async fn check_journal(
 /// d. `/health` latency while idle, while a raw flood loads the machine (dockerd, the
 /// container, the reader) but not the relay, and while the relay streams a flood itself.
 async fn health_under_flood(b: &Bench, m: &mut MainSession) -> Result<HealthResult, BoxError> {
-    let n = b.args.flood;
+    let n = b.args.health_flood;
     m.wait_journal(b).await?;
     let url = b.api.url("/health");
     let probe = HealthProbe::start(url.clone(), HEALTH_PERIOD)?;
@@ -461,6 +479,7 @@ async fn health_under_flood(b: &Bench, m: &mut MainSession) -> Result<HealthResu
     }
     Ok(HealthResult {
         n,
+        resumed: run.resumed,
         idle,
         raw_streaming,
         streaming,

@@ -30,6 +30,7 @@ const STALLED_EXTRA_MAX_KIB: u64 = 16 * 1024;
 pub struct Settings {
     pub sessions: usize,
     pub flood: u64,
+    pub health_flood: u64,
     pub replay: u64,
     pub runs: usize,
     pub pace_events: u64,
@@ -74,6 +75,8 @@ pub struct FloodResult {
     pub n: u64,
     pub relay_elapsed: Duration,
     pub relay_updates: u64,
+    /// Times the reading client was cut off (4008) and resumed by lastSeq.
+    pub relay_resumed: u32,
     pub journal_caught_up: Duration,
     pub relay_ticks_settled: u64,
     pub relay_ticks: u64,
@@ -96,6 +99,8 @@ pub struct FloodResult {
 #[derive(Clone, Debug)]
 pub struct HealthResult {
     pub n: u64,
+    /// Times the reading client was cut off (4008) and resumed by lastSeq.
+    pub resumed: u32,
     pub idle: HealthRecord,
     /// While a raw flood (no relay involved) loads the machine.
     pub raw_streaming: HealthRecord,
@@ -600,13 +605,14 @@ impl Report {
         let _ = writeln!(
             w,
             "Relay {} as a child process; sandbox image `{}` (`{}`), network `none`. \
-             Sizes: `--sessions {} --flood {} --replay {} --runs {} --pace-events {} --pace-interval-us {}`. \
+             Sizes: `--sessions {} --flood {} --health-flood {} --replay {} --runs {} --pace-events {} --pace-interval-us {}`. \
              The run took {:.0} s.\n",
             self.relay_version,
             s.image,
             short_id(&s.image_id),
             s.sessions,
             s.flood,
+            s.health_flood,
             s.replay,
             s.runs,
             s.pace_events,
@@ -780,6 +786,11 @@ impl Report {
         );
         let _ = writeln!(
             w,
+            "| Client fell behind the relay's backlog, closed with 4008 and resumed by lastSeq | {} times | — |",
+            f.relay_resumed
+        );
+        let _ = writeln!(
+            w,
             "| Relay CPU per event, until `agent_settled` | {} | — |",
             per(f.relay_ticks_settled)
         );
@@ -889,9 +900,11 @@ impl Report {
             "One keep-alive connection, a request every 5 ms, from a thread of its own. Raw Docker \
              streaming: the relay is idle while the benchmark reads a flood of the same size straight from \
              a container (same machine load, no relay work). Relay streaming: during a flood of {} events \
-             through the relay that took {}.\n",
+             through the relay that took {}; the reading client fell behind the relay's backlog, was \
+             closed with 4008 and resumed by lastSeq {} times.\n",
             fmt_count(h.n as f64),
-            fmt_ms(ms(h.flood_elapsed))
+            fmt_ms(ms(h.flood_elapsed)),
+            h.resumed
         );
         health_table(
             w,

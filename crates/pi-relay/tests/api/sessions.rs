@@ -19,6 +19,45 @@ async fn health_and_index_answer_without_an_envelope() {
     app.shutdown().await;
 }
 
+/// One blocking HTTP/1.1 GET; returns the status line.
+fn blocking_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use std::io::{BufRead, Write};
+    let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+    write!(
+        tcp,
+        "GET {path} HTTP/1.1\r\nHost: relay\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut status = String::new();
+    std::io::BufReader::new(tcp).read_line(&mut status).unwrap();
+    status.trim_end().to_owned()
+}
+
+#[tokio::test]
+async fn health_is_answered_while_the_work_runtime_is_stuck() {
+    let app = spawn_app().await;
+    let addr = app.relay.as_ref().unwrap().addr;
+    // This test's runtime is the relay's work runtime (one thread). Block it, and ask for
+    // /health and for a session list from other threads: /health must be answered by the API
+    // thread while the list waits for the work runtime.
+    let (health_tx, health_rx) = std::sync::mpsc::channel();
+    let (list_tx, list_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || health_tx.send(blocking_get(addr, "/health")));
+    std::thread::spawn(move || list_tx.send(blocking_get(addr, "/api/sessions")));
+    let health = health_rx.recv_timeout(std::time::Duration::from_secs(30));
+    let list_while_blocked = list_rx.try_recv();
+    assert_eq!(health.as_deref(), Ok("HTTP/1.1 200 OK"));
+    assert!(list_while_blocked.is_err(), "{list_while_blocked:?}");
+    // Unblocked, the list is answered too.
+    let list = tokio::task::spawn_blocking(move || {
+        list_rx.recv_timeout(std::time::Duration::from_secs(30))
+    })
+    .await
+    .unwrap();
+    assert_eq!(list.as_deref(), Ok("HTTP/1.1 200 OK"));
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn unknown_routes_get_a_plain_text_404() {
     let app = spawn_app().await;
