@@ -256,6 +256,8 @@ impl SessionService {
         inner.hubs.set_activator(id, client_id).await;
         let mut changes = inner.changes.subscribe();
         let deadline = tokio::time::Instant::now() + inner.cfg.activate_timeout;
+        // Whether this call waited for provisioning to finish.
+        let mut provisioned_meanwhile = false;
         loop {
             let row = inner
                 .store
@@ -271,6 +273,13 @@ impl SessionService {
                 SessionStatus::Error => {
                     return Err(SessionError::InErrorState);
                 }
+                SessionStatus::Active
+                    if provisioned_meanwhile && row.sandbox_provider_id.is_some() =>
+                {
+                    // Provisioning just started the sandbox, delivered its secrets and attached
+                    // its hub: there is nothing to resume, and the client is waiting for it.
+                    return self.activation(id).await;
+                }
                 SessionStatus::Active | SessionStatus::Idle => {
                     if let Some(cid) = row.sandbox_provider_id {
                         return self.resume(id, &SandboxId(cid), status).await;
@@ -279,6 +288,7 @@ impl SessionService {
                 SessionStatus::Creating => {}
             }
             // Wait for the next status change, or time out.
+            provisioned_meanwhile = true;
             match tokio::time::timeout_at(deadline, changes.changed()).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => return Err(SessionError::ActivateTimeout),
@@ -340,6 +350,12 @@ impl SessionService {
                 .await?;
             inner.changed();
         }
+        self.activation(id).await
+    }
+
+    /// What an activate answers once the sandbox runs and its hub is attached.
+    async fn activation(&self, id: &str) -> Result<Activation, SessionError> {
+        let inner = &self.inner;
         let hub = inner.hubs.get_or_create(id).await?;
         let seq = hub.status().await.seq;
         // Clients page `GET /events` up to lastSeq: make sure those lines are committed.
@@ -1112,17 +1128,22 @@ async fn try_provision(
     let chown = inner.cfg.chown_session_dirs;
     let prepared = layout.clone();
     let template = inner.cfg.agent_template.clone();
-    tokio::task::spawn_blocking(move || {
-        prepared.prepare(uid, gid, chown)?;
-        match template {
-            Some(t) => prepared.seed_agent_dir(&t, uid, gid, chown),
-            None => Ok(()),
-        }
-    })
-    .await
-    .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
-    inner.deliver_secrets(id).await?;
-    let image_id = inner.image_id(&image).await?;
+    let dirs = async {
+        tokio::task::spawn_blocking(move || {
+            prepared.prepare(uid, gid, chown)?;
+            match template {
+                Some(t) => prepared.seed_agent_dir(&t, uid, gid, chown),
+                None => Ok(()),
+            }
+        })
+        .await
+        .map_err(|e| SessionError::Io(std::io::Error::other(e)))??;
+        inner.deliver_secrets(id).await
+    };
+    // Independent, and both on the way to a running sandbox the client waits for.
+    let (dirs, image_id) = tokio::join!(dirs, inner.image_id(&image));
+    dirs?;
+    let image_id = image_id?;
     let spec = inner.spec(id, &env_cfg, image_id, &layout);
     let cid = match inner.sandbox.create(&spec).await {
         Ok(cid) => cid,
@@ -1138,9 +1159,14 @@ async fn try_provision(
         Err(e) => return Err(e.into()),
     };
     let hub = inner.hubs.get_or_create(id).await?;
-    // A new container: its output starts from line 0.
-    inner.store.set_stdout_cursor(id, 0).await?;
-    let io = inner.sandbox.attach(&cid).await?;
+    // A new container: its output starts from line 0 (recorded before anything is journaled:
+    // the hub's first batch is queued behind it).
+    let (cursor, io) = tokio::join!(
+        inner.store.set_stdout_cursor(id, 0),
+        inner.sandbox.attach(&cid)
+    );
+    cursor?;
+    let io = io?;
     hub.attach(io, 0, bytes::Bytes::new()).await;
     inner.sandbox.start(&cid).await?;
     let info = inner.sandbox.inspect(&cid).await?;

@@ -61,8 +61,9 @@ pub struct BenchArgs {
     /// Journal events a reconnecting client replays.
     #[arg(long, default_value_t = 100_000)]
     pub replay: u64,
-    /// Create → active runs, of the relay and of raw Docker each (interleaved).
-    #[arg(long, default_value_t = 10)]
+    /// Create → active runs, of the relay and of raw Docker each (interleaved). Container
+    /// start times on a shared machine vary by ±15% from run to run, so the medians need many.
+    #[arg(long, default_value_t = 30)]
     pub runs: usize,
     /// Events of the paced latency run.
     #[arg(long, default_value_t = 2000)]
