@@ -33,6 +33,12 @@ const READERS: usize = 4;
 /// Queue length between producers and the writer thread. A full queue slows producers down
 /// (and, through them, pi's stdout) instead of growing memory without bound.
 const WRITE_QUEUE: usize = 16 * 1024;
+/// Journal bytes queued for the writer at most. While the writer is behind (it runs at a lower
+/// priority than the rest of the relay), streaming sessions wait for it here, so a flood costs
+/// at most this much memory on top of what is being committed.
+const JOURNAL_QUEUE_BYTES: usize = 16 * 1024 * 1024;
+/// What a queued journal line costs beyond its payload (entry, session id handle, type).
+const JOURNAL_ENTRY_OVERHEAD: usize = 64;
 
 /// Errors of the store.
 #[derive(Debug, thiserror::Error)]
@@ -75,6 +81,8 @@ pub struct Store {
 struct Inner {
     path: PathBuf,
     writer: mpsc::Sender<WriteOp>,
+    /// One permit per journal byte that may be queued for the writer.
+    journal_budget: Arc<tokio::sync::Semaphore>,
     readers: Mutex<Vec<Connection>>,
     /// One permit per pooled reader: reads beyond that wait rather than open more connections,
     /// so the relay's file descriptors stay constant under load.
@@ -122,6 +130,7 @@ impl Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
                 writer: tx,
+                journal_budget: Arc::new(tokio::sync::Semaphore::new(JOURNAL_QUEUE_BYTES)),
                 readers: Mutex::new(readers),
                 reader_permits: tokio::sync::Semaphore::new(READERS),
             }),
@@ -204,11 +213,29 @@ impl Store {
     /// Queues one journal line. Returns once the writer has accepted it (not yet committed);
     /// waits when the writer is behind.
     pub async fn append(&self, entry: JournalEntry) -> Result<(), StoreError> {
-        self.inner
-            .writer
-            .send(WriteOp::Append(entry))
+        self.append_batch(vec![entry], None).await
+    }
+
+    /// Waits until `entries` fit in the journal queue; the permit goes with them to the writer,
+    /// which drops it once they are committed.
+    async fn journal_permit(
+        &self,
+        entries: &[JournalEntry],
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, StoreError> {
+        if entries.is_empty() {
+            return Ok(None);
+        }
+        let bytes: usize = entries
+            .iter()
+            .map(|e| e.payload.len() + JOURNAL_ENTRY_OVERHEAD)
+            .sum();
+        // A batch larger than the whole budget (one very long line) waits for all of it.
+        let permits = u32::try_from(bytes.min(JOURNAL_QUEUE_BYTES)).unwrap_or(u32::MAX);
+        let permit = Arc::clone(&self.inner.journal_budget)
+            .acquire_many_owned(permits)
             .await
-            .map_err(|_| StoreError::Closed)
+            .map_err(|_| StoreError::Closed)?;
+        Ok(Some(permit))
     }
 
     /// Queues several journal lines at once, in order; cheaper than one [`Store::append`] each.
@@ -222,9 +249,10 @@ impl Store {
         if entries.is_empty() && stdout_cursor.is_none() {
             return Ok(());
         }
+        let permit = self.journal_permit(&entries).await?;
         self.inner
             .writer
-            .send(WriteOp::AppendBatch(entries, stdout_cursor))
+            .send(WriteOp::AppendBatch(entries, stdout_cursor, permit))
             .await
             .map_err(|_| StoreError::Closed)
     }

@@ -593,3 +593,33 @@ async fn a_large_batch_with_one_duplicate_keeps_every_other_line() {
         (1..=100).collect::<Vec<_>>()
     );
 }
+
+#[tokio::test]
+async fn batches_beyond_the_journal_queue_budget_are_written_in_turn() {
+    let (_d, store) = temp_store();
+    // One line larger than the whole budget, then many batches that together exceed it.
+    let mut big = entry("s1", 1);
+    big.payload = Bytes::from("x".repeat(JOURNAL_QUEUE_BYTES + 1));
+    store.append_batch(vec![big], None).await.unwrap();
+    let line = Bytes::from("y".repeat(64 * 1024));
+    let mut seq = 1;
+    for _ in 0..2 * JOURNAL_QUEUE_BYTES / (16 * line.len()) {
+        let batch = (0..16)
+            .map(|_| {
+                seq += 1;
+                JournalEntry {
+                    payload: line.clone(),
+                    ..entry("s1", seq)
+                }
+            })
+            .collect();
+        store.append_batch(batch, None).await.unwrap();
+    }
+    store.barrier().await.unwrap();
+    assert_eq!(store.max_seq("s1").await.unwrap(), seq);
+    // Everything committed gave its budget back.
+    assert_eq!(
+        store.inner.journal_budget.available_permits(),
+        JOURNAL_QUEUE_BYTES
+    );
+}

@@ -15,8 +15,13 @@ pub(crate) type Job =
     Box<dyn FnOnce(&rusqlite::Transaction<'_>, &mut JournalKeys) -> (bool, Completion) + Send>;
 
 pub(crate) enum WriteOp {
-    Append(JournalEntry),
-    AppendBatch(Vec<JournalEntry>, Option<(std::sync::Arc<str>, u64)>),
+    /// Journal lines, the stdout cursor to record with them, and their share of the journal
+    /// queue's byte budget (given back once they are committed).
+    AppendBatch(
+        Vec<JournalEntry>,
+        Option<(std::sync::Arc<str>, u64)>,
+        Option<tokio::sync::OwnedSemaphorePermit>,
+    ),
     Job(Job),
     Barrier(oneshot::Sender<()>),
 }
@@ -65,13 +70,14 @@ fn lower_priority() {
 fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, keys: &mut JournalKeys) {
     let mut completions: Vec<Completion> = Vec::new();
     let mut barriers = Vec::new();
+    let mut budget = Vec::new();
     let result = (|| -> Result<(), StoreError> {
         let tx = conn.transaction()?;
         for op in batch.drain(..) {
             match op {
-                WriteOp::Append(e) => append_many(&tx, keys, std::slice::from_ref(&e)),
-                WriteOp::AppendBatch(entries, cursor) => {
+                WriteOp::AppendBatch(entries, cursor, permit) => {
                     append_many(&tx, keys, &entries);
+                    budget.extend(permit);
                     if let Some((session, lines)) = cursor {
                         tx.prepare_cached(
                             "UPDATE sessions SET sandbox_stdout_lines = ?2 WHERE id = ?1",
@@ -96,6 +102,7 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, keys: &mut Jour
         Ok(())
     })();
     batch.clear();
+    drop(budget);
     if let Err(e) = &result {
         tracing::error!(error = %e, "store batch failed to commit");
         keys.clear();
