@@ -4,7 +4,6 @@
 //! SIGINT/SIGTERM closes clients and stops background work while leaving sandboxes running.
 
 use std::error::Error;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -169,8 +168,7 @@ impl Relay {
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "dev".into()),
         };
-        let stop = cancel.clone();
-        let server = spawn_api_thread(listener, state, async move { stop.cancelled().await })?;
+        let server = spawn_api_thread(listener, state, cancel.clone())?;
         tracing::info!(%addr, "pi-relay listening");
         Ok(Relay {
             addr,
@@ -218,7 +216,7 @@ impl Relay {
 fn spawn_api_thread(
     listener: tokio::net::TcpListener,
     state: AppState,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
 ) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>, BoxError> {
     let work = tokio::runtime::Handle::current();
     let listener = listener.into_std()?;
@@ -231,10 +229,8 @@ fn spawn_api_thread(
         .spawn(move || {
             let result = runtime.block_on(async move {
                 let listener = tokio::net::TcpListener::from_std(listener)?;
-                relay_api::serve(listener, state, work, shutdown).await
+                relay_api::serve(listener, state, work, stop).await
             });
-            // Upgraded WebSockets are registered with this runtime: drop it (closing them)
-            // before saying the server has stopped.
             drop(runtime);
             let _ = done.send(result);
         })?;

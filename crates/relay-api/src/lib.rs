@@ -7,12 +7,11 @@ mod envelope;
 mod environments;
 mod error;
 mod http;
+mod listen;
 mod secrets;
 mod sessions;
 mod settings;
 mod ws;
-
-use std::future::Future;
 
 use axum::Router;
 use axum::response::{IntoResponse, Response};
@@ -90,25 +89,33 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
     .into_response()
 }
 
-/// Serves `router` on `listener` until `shutdown` resolves, then waits for open requests.
-/// Connections are accepted and spoken to on the runtime this runs on; every handler but
-/// `/health` runs on `work` (see [`http::on_work_runtime`]).
+/// Serves the API on `listener` until `stop` is cancelled, then waits for open requests.
+/// Connections are accepted on the runtime this runs on (the API thread's); WebSocket sessions
+/// are served on `work`, and every handler but `/health` runs there (see the `listen` and
+/// `http` modules).
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     work: tokio::runtime::Handle,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: tokio_util::sync::CancellationToken,
 ) -> std::io::Result<()> {
-    // Without TCP_NODELAY, Nagle holds a small frame back until the previous one is acked,
-    // and the client's delayed ACK turns that into up to 40 ms per streamed event.
-    let listener = axum::serve::ListenerExt::tap_io(listener, |tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
     let app = router(state).layer(axum::middleware::from_fn_with_state(
-        work,
+        work.clone(),
         http::on_work_runtime,
     ));
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+    let (api_connections, work_connections) = listen::route(listener, stop.clone())?;
+    let work_app = app.clone();
+    let work_stop = stop.clone();
+    let work_server = work.spawn(async move {
+        axum::serve(work_connections, work_app)
+            .with_graceful_shutdown(work_stop.cancelled_owned())
+            .await
+    });
+    let served = axum::serve(api_connections, app)
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await;
+    let work_served = work_server
         .await
+        .map_err(|e| std::io::Error::other(format!("WebSocket server failed: {e}")))?;
+    served.and(work_served)
 }
