@@ -50,6 +50,31 @@ fn effective_ids() -> (u32, u32) {
     }
 }
 
+/// Nice value of the work runtime's threads (sessions' streams, handlers, store reads). The API
+/// thread keeps the normal priority: when streaming saturates the machine, the kernel still runs
+/// it first, so requests are accepted and `/health` answered at once. pi's normal output rates
+/// need a small fraction of one core, which this leaves them even on a busy host.
+const WORK_NICE: i32 = 5;
+
+/// The runtime `pi-relay serve` runs on: multi-threaded, its threads at [`WORK_NICE`].
+pub fn work_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .on_thread_start(|| lower_thread_priority(WORK_NICE))
+        .build()
+}
+
+/// Lowers the calling thread's priority (Linux nice values are per thread). Failing to is
+/// harmless: the thread keeps the normal priority.
+#[allow(unsafe_code)]
+fn lower_thread_priority(nice: i32) {
+    // SAFETY: gettid and setpriority take no pointers and only affect the calling thread.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, libc::gettid() as libc::id_t, nice) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower a thread's priority");
+    }
+}
+
 /// Reads this relay's instance id, creating it on first start.
 fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
     if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {

@@ -6,7 +6,13 @@ use pi_relay::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let runtime = match tokio::runtime::Runtime::new() {
+    // The relay's runtime runs its work below the API thread's priority; the benchmark and the
+    // secrets commands run at the normal priority.
+    let runtime = match cli.command {
+        Command::Serve(_) => pi_relay::app::work_runtime(),
+        _ => tokio::runtime::Runtime::new(),
+    };
+    let runtime = match runtime {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pi-relay: cannot start the async runtime: {e}");
