@@ -15,9 +15,9 @@ ROOT=$(cd "$HERE/../.." && pwd)
 WORK=${PI_RELAY_BUILD_DIR:-/var/tmp/pi-relay-image-build}
 DOCKER=/usr/bin/docker; [[ -x $DOCKER ]] || DOCKER=docker
 
-# fixuid (setuid root, the image's entrypoint) is built from crates/fixuid first:
-# its binary is part of the build hash. Linked statically, so it does not depend
-# on the image's C library; a no-op when the sources are unchanged.
+# fixuid (setuid root, the image's entrypoint) is built from crates/fixuid first.
+# Linked statically, so it does not depend on the image's C library; a no-op when
+# the sources are unchanged.
 command -v cargo >/dev/null || { echo "build.sh: 'cargo' is missing (fixuid is built from crates/fixuid)" >&2; exit 1; }
 TRIPLE=$(rustc -vV | sed -n 's/^host: //p')
 RUSTFLAGS="-C target-feature=+crt-static" cargo build --quiet --release --locked \
@@ -26,7 +26,15 @@ FIXUID_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/$TRIPLE/release/fixuid
 
 # Anything that changes the image's contents must change this hash, so that an
 # unchanged recipe is a no-op and a changed one always rebuilds.
-BUILD_HASH=$({ cat "$HERE/build.sh" "$HERE/entrypoint.sh"; sha256sum <"$FIXUID_BIN"; echo "pi=$PI_VERSION node=$NODE_VERSION"; } | sha256sum | cut -d' ' -f1)
+# fixuid counts by what it is built from (its sources, the workspace manifest and
+# lock file, the compiler), not by its bytes: those embed the checkout's path, and
+# a second checkout of the same commit should reuse the image, not rebuild it.
+fixuid_inputs() {
+    (cd "$ROOT" && find crates/fixuid/src crates/fixuid/Cargo.toml Cargo.toml Cargo.lock -type f -print0 |
+        sort -z | xargs -0 sha256sum)
+    rustc -vV
+}
+BUILD_HASH=$({ cat "$HERE/build.sh" "$HERE/entrypoint.sh"; fixuid_inputs; echo "pi=$PI_VERSION node=$NODE_VERSION"; } | sha256sum | cut -d' ' -f1)
 up_to_date() {
     [[ $("$DOCKER" image inspect --format '{{index .Config.Labels "pi-relay.build-hash"}}' "$TAG" 2>/dev/null) == "$BUILD_HASH" ]] &&
         echo "image $TAG is up to date"
