@@ -539,6 +539,12 @@ impl Hub {
         st.controller = None;
     }
 
+    /// Records activity now (a client activated the session), so the idle reaper counts its
+    /// timeout from here, not from the last time pi or a client did something.
+    pub async fn touch(&self) {
+        self.state.lock().await.last_activity = Some(tokio::time::Instant::now());
+    }
+
     /// A snapshot of the hub's state.
     pub async fn status(&self) -> HubStatus {
         let st = self.state.lock().await;

@@ -357,6 +357,9 @@ impl SessionService {
     async fn activation(&self, id: &str) -> Result<Activation, SessionError> {
         let inner = &self.inner;
         let hub = inner.hubs.get_or_create(id).await?;
+        // Without this, a session activated out of `idle` has been inactive for longer than the
+        // timeout, and the reaper's next pass would pause it again before its client connects.
+        hub.touch().await;
         let seq = hub.status().await.seq;
         // Clients page `GET /events` up to lastSeq: make sure those lines are committed (a
         // fresh sandbox's pi has printed nothing yet, and there is nothing to wait for).

@@ -602,6 +602,44 @@ async fn an_unused_session_is_paused_and_activate_resumes_it() {
 }
 
 #[tokio::test]
+async fn activating_an_idle_session_restarts_its_idle_clock() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    {
+        let (mut ws, _) = app.connect(&id, "c", 0).await;
+        send(
+            &mut ws,
+            json!({"id": "p", "type": "prompt", "message": "hi"}),
+        )
+        .await;
+        until_type(&mut ws, "agent_settled").await;
+    }
+    // A reaper of our own, run by hand (the relay's own checks once a minute).
+    let policy = relay_session::reaper::IdlePolicy {
+        timeout: std::time::Duration::from_secs(2),
+        grace: std::time::Duration::ZERO,
+    };
+    let sessions = app.relay.as_ref().unwrap().sessions().clone();
+    let reaper = relay_session::reaper::IdleReaper::new(
+        sessions,
+        policy,
+        std::time::Duration::from_secs(60),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(reaper.run_once().await, std::slice::from_ref(&id));
+    let r = app.activate(&id, "c").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Nothing happened for longer than the timeout before the activate, but the activate is
+    // activity: the session stays awake for its client to connect.
+    assert!(reaper.run_once().await.is_empty());
+    assert_eq!(
+        app.get(&format!("/api/sessions/{id}/sandbox")).await.body["data"]["status"],
+        "running"
+    );
+    app.shutdown().await;
+}
+
+#[tokio::test]
 async fn startup_removes_sandboxes_and_directories_nobody_owns() {
     let dir = tempfile::tempdir().unwrap();
     let fake = relay_sandbox::fake::FakeSandbox::new();
