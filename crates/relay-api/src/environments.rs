@@ -12,7 +12,7 @@ use relay_session::environments::{Environment, EnvironmentChange, NewEnvironment
 use serde_json::{Map, Value, json};
 
 use crate::error::ApiError;
-use crate::{AppState, envelope};
+use crate::{AppState, envelope, input};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -38,20 +38,6 @@ fn view(e: Environment) -> Value {
 
 fn not_found() -> ApiError {
     ApiError::Client(StatusCode::NOT_FOUND, "Environment not found".into())
-}
-
-/// Environment ids are UUIDs; anything else cannot exist.
-fn valid_id(id: &str) -> Result<(), ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| not_found())
-}
-
-fn parse_object(body: &Bytes) -> Result<Map<String, Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ApiError::invalid_json()),
-    }
 }
 
 fn sandbox_type(v: &Map<String, Value>) -> Result<Option<String>, ApiError> {
@@ -95,12 +81,12 @@ async fn images(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    valid_id(&id)?;
+    input::uuid_id(&id, not_found)?;
     Ok(envelope::ok(view(state.environments.get(&id).await?)))
 }
 
 async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let v = parse_object(&body)?;
+    let v = input::json_object(&body)?;
     let name = match v.get("name") {
         Some(Value::String(s)) if !s.trim().is_empty() => s.clone(),
         _ => return Err(ApiError::bad_request("name is required")),
@@ -126,7 +112,7 @@ async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = parse_object(&body)?;
+    let v = input::json_object(&body)?;
     let change = EnvironmentChange {
         name: match v.get("name") {
             None | Some(Value::Null) => None,
@@ -140,7 +126,7 @@ async fn update(
         },
         is_default: is_default(&v)?,
     };
-    valid_id(&id)?;
+    input::uuid_id(&id, not_found)?;
     Ok(envelope::ok(view(
         state.environments.update(&id, change).await?,
     )))
@@ -150,7 +136,7 @@ async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    valid_id(&id)?;
+    input::uuid_id(&id, not_found)?;
     state.environments.delete(&id).await?;
     Ok(envelope::ok(json!({"ok": true})))
 }

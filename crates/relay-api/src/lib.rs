@@ -7,6 +7,7 @@ mod envelope;
 mod environments;
 mod error;
 mod http;
+mod input;
 mod listen;
 mod secrets;
 mod sessions;

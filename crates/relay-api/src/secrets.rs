@@ -15,7 +15,7 @@ use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
-use crate::{AppState, envelope};
+use crate::{AppState, envelope, input};
 
 pub(crate) fn router() -> Router<AppState> {
     Router::new()
@@ -57,20 +57,6 @@ impl From<SecretInfo> for SecretView {
 
 fn not_found() -> ApiError {
     ApiError::Client(StatusCode::NOT_FOUND, "Secret not found".into())
-}
-
-/// Secret ids are UUIDs; anything else cannot exist.
-fn valid_id(id: &str) -> Result<(), ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| not_found())
-}
-
-fn parse_object(body: &Bytes) -> Result<serde_json::Map<String, Value>, ApiError> {
-    match serde_json::from_slice(body) {
-        Ok(Value::Object(m)) => Ok(m),
-        _ => Err(ApiError::invalid_json()),
-    }
 }
 
 /// A field that must be a non-blank string when present (`required`: also when absent).
@@ -127,7 +113,7 @@ async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
 }
 
 async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
-    let v = parse_object(&body)?;
+    let v = input::json_object(&body)?;
     let name = text(&v, "name", true)?.unwrap_or_default();
     let env_var = text(&v, "envVar", true)?.unwrap_or_default();
     let value = text(&v, "value", true)?.unwrap_or_default();
@@ -152,7 +138,7 @@ async fn update(
     Path(id): Path<String>,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let v = parse_object(&body)?;
+    let v = input::json_object(&body)?;
     let change = SecretChange {
         name: text(&v, "name", false)?,
         // Present but blank is the service's "envVar must not be empty".
@@ -166,7 +152,7 @@ async fn update(
         enabled: enabled(&v)?,
         domains: domains(&v)?,
     };
-    valid_id(&id)?;
+    input::uuid_id(&id, not_found)?;
     state.secrets.update(&id, change).await?;
     state.sessions.refresh_secret_files().await;
     Ok(envelope::ok(json!({"ok": true})))
@@ -176,7 +162,7 @@ async fn delete(
     State(state): State<AppState>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    valid_id(&id)?;
+    input::uuid_id(&id, not_found)?;
     state.secrets.delete(&id).await?;
     state.sessions.refresh_secret_files().await;
     Ok(envelope::ok(json!({"ok": true})))

@@ -93,9 +93,7 @@ fn ws_endpoint(id: &str) -> String {
 
 /// Session ids are UUIDs; anything else cannot exist, so it is "not found" without a lookup.
 pub(crate) fn valid_id(id: &str) -> Result<(), ApiError> {
-    uuid::Uuid::parse_str(id)
-        .map(|_| ())
-        .map_err(|_| ApiError::session_not_found())
+    crate::input::uuid_id(id, ApiError::session_not_found)
 }
 
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {

@@ -238,6 +238,12 @@ pub async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
     }
 }
 
+/// Sends a prompt and reads its frames until (and including) `agent_settled`.
+pub async fn prompt(ws: &mut Ws, id: &str, message: &str) -> Vec<Value> {
+    send(ws, json!({"id": id, "type": "prompt", "message": message})).await;
+    until_type(ws, "agent_settled").await
+}
+
 /// Waits for the socket to be closed by the server and returns the close code and reason.
 pub async fn close_code(ws: &mut Ws) -> (u16, String) {
     loop {

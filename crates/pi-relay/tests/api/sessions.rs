@@ -456,12 +456,7 @@ async fn events_are_paged_by_after_seq_and_limit() {
     let app = spawn_app().await;
     let id = app.active_session().await;
     let (mut ws, _) = app.connect(&id, "c1", 0).await;
-    send(
-        &mut ws,
-        json!({"id": "p1", "type": "prompt", "message": "hi"}),
-    )
-    .await;
-    until_type(&mut ws, "agent_settled").await;
+    prompt(&mut ws, "p1", "hi").await;
     let all = app
         .get(&format!("/api/sessions/{id}/events?afterSeq=0&limit=1000"))
         .await
@@ -568,12 +563,7 @@ async fn an_unused_session_is_paused_and_activate_resumes_it() {
     let id = app.active_session().await;
     {
         let (mut ws, _) = app.connect(&id, "c", 0).await;
-        send(
-            &mut ws,
-            json!({"id": "p", "type": "prompt", "message": "hi"}),
-        )
-        .await;
-        until_type(&mut ws, "agent_settled").await;
+        prompt(&mut ws, "p", "hi").await;
     }
     eventually(|| async {
         app.get(&format!("/api/sessions/{id}")).await.body["data"]["status"] == "idle"
@@ -607,12 +597,7 @@ async fn activating_an_idle_session_restarts_its_idle_clock() {
     let id = app.active_session().await;
     {
         let (mut ws, _) = app.connect(&id, "c", 0).await;
-        send(
-            &mut ws,
-            json!({"id": "p", "type": "prompt", "message": "hi"}),
-        )
-        .await;
-        until_type(&mut ws, "agent_settled").await;
+        prompt(&mut ws, "p", "hi").await;
     }
     // A reaper of our own, run by hand (the relay's own checks once a minute).
     let policy = relay_session::reaper::IdlePolicy {

@@ -69,12 +69,7 @@ async fn pi_lines_pass_through_verbatim_and_are_journaled_in_order() {
         state["data"]["sessionId"], id,
         "pi runs with the session's own id"
     );
-    send(
-        &mut ws,
-        json!({"id": "p1", "type": "prompt", "message": "Run echo hi please"}),
-    )
-    .await;
-    let frames = until_type(&mut ws, "agent_settled").await;
+    let frames = prompt(&mut ws, "p1", "Run echo hi please").await;
     assert_eq!(frames[0]["type"], "response");
     assert!(frames.iter().any(|f| f["type"] == "agent_end"));
     assert!(frames.iter().any(|f| f["type"] == "tool_execution_end"));
@@ -261,19 +256,9 @@ async fn non_json_output_and_huge_lines_from_pi_are_handled() {
     let app = spawn_app().await;
     let id = app.active_session().await;
     let (mut ws, _) = app.connect(&id, "c", 0).await;
-    send(
-        &mut ws,
-        json!({"id": "n", "type": "prompt", "message": "noise"}),
-    )
-    .await;
-    let frames = until_type(&mut ws, "agent_settled").await;
+    let frames = prompt(&mut ws, "n", "noise").await;
     assert!(frames.iter().all(|f| f.is_object()));
-    send(
-        &mut ws,
-        json!({"id": "b", "type": "prompt", "message": "big 300000"}),
-    )
-    .await;
-    let frames = until_type(&mut ws, "agent_settled").await;
+    let frames = prompt(&mut ws, "b", "big 300000").await;
     let big = frames
         .iter()
         .find(|f| f["type"] == "tool_execution_update")
@@ -281,12 +266,7 @@ async fn non_json_output_and_huge_lines_from_pi_are_handled() {
     assert!(big.to_string().len() > 300_000);
     let logs = app.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
     assert!(logs.contains("npm WARN"), "{logs}");
-    send(
-        &mut ws,
-        json!({"id": "e", "type": "prompt", "message": "stderr something odd"}),
-    )
-    .await;
-    until_type(&mut ws, "agent_settled").await;
+    prompt(&mut ws, "e", "stderr something odd").await;
     let logs = app.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
     assert!(logs.contains("something odd"), "{logs}");
     app.shutdown().await;
