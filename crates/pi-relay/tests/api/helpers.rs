@@ -265,16 +265,26 @@ pub async fn send(ws: &mut Ws, v: Value) {
 }
 
 /// Polls `f` until it returns true (fails after 10 s).
-pub async fn eventually<F, Fut>(mut f: F)
+pub async fn eventually<F, Fut>(f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    for _ in 0..200 {
+    eventually_within(Duration::from_secs(10), f).await
+}
+
+/// As [`eventually`], for conditions that take longer on a loaded machine (a large flood).
+pub async fn eventually_within<F, Fut>(limit: Duration, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let step = Duration::from_millis(50);
+    for _ in 0..limit.as_millis().div_ceil(step.as_millis()) {
         if f().await {
             return;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(step).await;
     }
-    panic!("condition not met within 10 s");
+    panic!("condition not met within {limit:?}");
 }
