@@ -433,8 +433,19 @@ async fn output_printed_while_the_relay_was_down_is_recovered_into_the_journal()
     drop(ws);
     let TestApp { relay, dir, .. } = first;
     relay.unwrap().shutdown().await;
-    // pi finishes its run while no relay is attached.
-    tokio::time::sleep(std::time::Duration::from_millis(2000)).await;
+    // pi finishes its run while no relay is attached (its output is only in the sandbox's log).
+    eventually(|| async {
+        use futures_util::StreamExt;
+        use relay_sandbox::Sandbox;
+        let [sandbox] = fake.existing().try_into().unwrap();
+        let mut log = fake.stdout_log(&sandbox).await.unwrap();
+        let mut text = Vec::new();
+        while let Some(Ok(relay_sandbox::OutputChunk::Stdout(b))) = log.next().await {
+            text.extend_from_slice(&b);
+        }
+        String::from_utf8_lossy(&text).contains("agent_settled")
+    })
+    .await;
 
     let args = args(dir.path(), &[]);
     let second = start(dir, args, fake.clone()).await;
