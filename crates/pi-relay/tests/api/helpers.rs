@@ -190,6 +190,20 @@ impl TestApp {
         (ws, first)
     }
 
+    /// Waits (up to `limit`) until the session's journal holds an event of type `ty` after
+    /// `after_seq` (at most 1,000 events past it are looked at).
+    pub async fn until_journaled(&self, id: &str, after_seq: u64, ty: &str, limit: Duration) {
+        let page = format!("/api/sessions/{id}/events?afterSeq={after_seq}&limit=1000");
+        eventually_within(limit, || async {
+            self.get(&page).await.body["data"]["events"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|e| e["type"] == ty)
+        })
+        .await
+    }
+
     pub async fn shutdown(mut self) {
         if let Some(r) = self.relay.take() {
             r.shutdown().await;
@@ -204,9 +218,12 @@ async fn reply(res: reqwest::Response) -> Reply {
     Reply { status, body }
 }
 
+/// How long a test waits for what should come at once.
+pub const PROMPTLY: Duration = Duration::from_secs(10);
+
 /// The next text frame as JSON (fails after 10 s).
 pub async fn next_json(ws: &mut Ws) -> Value {
-    next_json_within(ws, Duration::from_secs(10)).await
+    next_json_within(ws, PROMPTLY).await
 }
 
 /// The next text frame as JSON (fails after `limit`).
@@ -270,7 +287,7 @@ where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    eventually_within(Duration::from_secs(10), f).await
+    eventually_within(PROMPTLY, f).await
 }
 
 /// As [`eventually`], for conditions that take longer on a loaded machine (a large flood).
