@@ -71,14 +71,7 @@ impl Store {
     ) -> Result<EnvironmentWrite, StoreError> {
         let id = id.to_owned();
         self.write(move |tx| {
-            let Some(is_default) = tx
-                .query_row(
-                    "SELECT is_default FROM environments WHERE id = ?1",
-                    [&id],
-                    |r| r.get::<_, bool>(0),
-                )
-                .optional()?
-            else {
+            let Some(is_default) = is_default(tx, &id)? else {
                 return Ok(EnvironmentWrite::NotFound);
             };
             match patch.is_default {
@@ -111,14 +104,7 @@ impl Store {
     pub async fn delete_environment(&self, id: &str) -> Result<EnvironmentWrite, StoreError> {
         let id = id.to_owned();
         self.write(move |tx| {
-            let Some(is_default) = tx
-                .query_row(
-                    "SELECT is_default FROM environments WHERE id = ?1",
-                    [&id],
-                    |r| r.get::<_, bool>(0),
-                )
-                .optional()?
-            else {
+            let Some(is_default) = is_default(tx, &id)? else {
                 return Ok(EnvironmentWrite::NotFound);
             };
             let users: i64 = tx.query_row(
@@ -141,4 +127,14 @@ impl Store {
         })
         .await
     }
+}
+
+/// Whether environment `id` is the default; `None` when there is no such environment.
+fn is_default(tx: &rusqlite::Transaction<'_>, id: &str) -> rusqlite::Result<Option<bool>> {
+    tx.query_row(
+        "SELECT is_default FROM environments WHERE id = ?1",
+        [id],
+        |r| r.get(0),
+    )
+    .optional()
 }

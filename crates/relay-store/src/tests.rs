@@ -288,10 +288,9 @@ async fn reopening_a_database_keeps_data_and_does_not_remigrate() {
     assert!(store.session("s1").await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn setting_a_default_environment_clears_the_previous_default() {
-    let (_d, store) = temp_store();
-    let env = |id: &str, is_default| EnvironmentRow {
+/// A Docker environment named after its id.
+fn env(id: &str, is_default: bool) -> EnvironmentRow {
+    EnvironmentRow {
         id: id.into(),
         name: id.into(),
         sandbox_type: "docker".into(),
@@ -299,7 +298,12 @@ async fn setting_a_default_environment_clears_the_previous_default() {
         is_default,
         created_at: "t".into(),
         updated_at: "t".into(),
-    };
+    }
+}
+
+#[tokio::test]
+async fn setting_a_default_environment_clears_the_previous_default() {
+    let (_d, store) = temp_store();
     store.insert_environment(env("e1", true)).await.unwrap();
     store.insert_environment(env("e2", true)).await.unwrap();
     assert_eq!(store.default_environment().await.unwrap().unwrap().id, "e2");
@@ -477,15 +481,6 @@ async fn resealing_is_all_or_nothing() {
 #[tokio::test]
 async fn environments_in_use_or_default_are_not_deleted_and_the_default_stays() {
     let (_d, store) = temp_store();
-    let env = |id: &str, is_default| EnvironmentRow {
-        id: id.into(),
-        name: id.into(),
-        sandbox_type: "docker".into(),
-        config: "{}".into(),
-        is_default,
-        created_at: "t".into(),
-        updated_at: "t".into(),
-    };
     store.insert_environment(env("e1", true)).await.unwrap();
     store.insert_environment(env("e2", false)).await.unwrap();
     let mut s = new_session("s1");
