@@ -251,18 +251,11 @@ impl Drop for Fixture {
         }
         // The test panicked: remove its containers from a thread with its own runtime.
         let label = self.label.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                if let Ok(d) = Docker::connect_with_defaults() {
-                    let _ = tokio::time::timeout(TIMEOUT, remove_labelled(&d, &label)).await;
-                }
-            });
-        })
-        .join();
+        relay_testkit::block_on_own_thread(TIMEOUT, async move {
+            if let Ok(d) = Docker::connect_with_defaults() {
+                remove_labelled(&d, &label).await;
+            }
+        });
     }
 }
 

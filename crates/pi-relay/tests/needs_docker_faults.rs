@@ -59,31 +59,23 @@ struct Cleanup {
 impl Drop for Cleanup {
     fn drop(&mut self) {
         let (instance, host) = (self.instance.clone(), self.docker_host.clone());
-        // Drop cannot await, and the test's runtime may be shutting down: use a thread.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok(d) = relay_docker::DockerSandbox::connect(
-                    host.as_deref()
-                        .or(std::env::var("DOCKER_HOST").ok().as_deref()),
-                )
+        relay_testkit::block_on_own_thread(Duration::from_secs(60), async move {
+            let Ok(d) = relay_docker::DockerSandbox::connect(
+                host.as_deref()
+                    .or(std::env::var("DOCKER_HOST").ok().as_deref()),
+            )
+            .await
+            else {
+                return;
+            };
+            for c in d
+                .list(&[(LABEL_INSTANCE.to_owned(), instance)])
                 .await
-                else {
-                    return;
-                };
-                for c in d
-                    .list(&[(LABEL_INSTANCE.to_owned(), instance)])
-                    .await
-                    .unwrap_or_default()
-                {
-                    let _ = d.remove(&c.id).await;
-                }
-            });
-        })
-        .join();
+                .unwrap_or_default()
+            {
+                let _ = d.remove(&c.id).await;
+            }
+        });
     }
 }
 

@@ -290,28 +290,18 @@ mod helpers {
                 return;
             }
             let instance = self.instance.clone();
-            let joined = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                rt.block_on(async move {
-                    let work = async {
-                        let sandbox =
-                            DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref())
-                                .await
-                                .ok()?;
-                        let filter = [(LABEL_INSTANCE.to_owned(), instance)];
-                        for c in sandbox.list(&filter).await.ok()? {
-                            let _ = sandbox.remove(&c.id).await;
-                        }
-                        Some(())
-                    };
-                    let _ = tokio::time::timeout(TIMEOUT, work).await;
-                });
-            })
-            .join();
-            if joined.is_err() {
+            let done = relay_testkit::block_on_own_thread(TIMEOUT, async move {
+                let Ok(sandbox) =
+                    DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref()).await
+                else {
+                    return;
+                };
+                let filter = [(LABEL_INSTANCE.to_owned(), instance)];
+                for c in sandbox.list(&filter).await.unwrap_or_default() {
+                    let _ = sandbox.remove(&c.id).await;
+                }
+            });
+            if !done {
                 eprintln!("cleanup of instance {} failed", self.instance);
             }
         }

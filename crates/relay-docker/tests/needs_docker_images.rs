@@ -256,21 +256,11 @@ impl Drop for Fixture {
             return;
         }
         let instance = self.instance.clone();
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("runtime");
-            rt.block_on(async {
-                let work = async {
-                    if let Ok(s) = DockerSandbox::connect(None).await {
-                        remove_instance(&s, &instance).await;
-                    }
-                };
-                let _ = tokio::time::timeout(TIMEOUT, work).await;
-            });
-        })
-        .join();
+        relay_testkit::block_on_own_thread(TIMEOUT, async move {
+            if let Ok(s) = DockerSandbox::connect(None).await {
+                remove_instance(&s, &instance).await;
+            }
+        });
     }
 }
 

@@ -1,5 +1,5 @@
 //! Test support for pi-relay: a mock LLM that lets the real pi coding agent run a tool-using turn
-//! without a network or a model.
+//! without a network or a model, and clean-up for test guards.
 //!
 //! [`MockLlm`] serves the OpenAI chat-completions streaming API (server-sent events) on
 //! `127.0.0.1`, following the recipe in `shared/reference/pi-rpc.md` §4. The first turn of a
@@ -29,12 +29,15 @@
 //! - `completion`: [`Script`], the choice between the tool-call turn and the final-text turn, and
 //!   the chunk JSON for each.
 //! - `agent_config`: [`write_pi_agent_config`].
+//! - `teardown`: [`block_on_own_thread`], for test guards that clean up from `Drop`.
 
 mod agent_config;
 mod completion;
 mod http;
 mod server;
+mod teardown;
 
 pub use agent_config::{MODEL_ID, PROVIDER_ID, write_pi_agent_config};
 pub use completion::Script;
 pub use server::MockLlm;
+pub use teardown::block_on_own_thread;
