@@ -440,6 +440,20 @@ async fn flood_n_writes_exactly_n_message_updates() {
     )])
     .await;
     assert_eq!(code, 0);
+    assert_run_of(&lines, n);
+    let updates = &lines[2..n + 2];
+    assert!(updates.iter().all(|l| l == &updates[0]));
+    let update = parse(&updates[0]);
+    assert_eq!(update["assistantMessageEvent"]["type"], "text_delta");
+    assert_eq!(update["assistantMessageEvent"]["delta"], "x");
+    // Same usage object as a real mid-stream delta.
+    let real = parse(&capture("ev152-basic.jsonl")[25]);
+    assert_eq!(update["usage"], real["usage"]);
+}
+
+/// `lines` are a prompt's response and a run around `n` updates: `response`, `agent_start`, the
+/// updates, `agent_end`, `agent_settled`.
+fn assert_run_of(lines: &[String], n: usize) {
     assert_eq!(lines.len(), n + 4);
     let kinds: Vec<String> = [0, 1, n + 2, n + 3]
         .iter()
@@ -449,14 +463,6 @@ async fn flood_n_writes_exactly_n_message_updates() {
         kinds,
         ["response", "agent_start", "agent_end", "agent_settled"]
     );
-    let updates = &lines[2..n + 2];
-    assert!(updates.iter().all(|l| l == &updates[0]));
-    let update = parse(&updates[0]);
-    assert_eq!(update["assistantMessageEvent"]["type"], "text_delta");
-    assert_eq!(update["assistantMessageEvent"]["delta"], "x");
-    // Same usage object as a real mid-stream delta.
-    let real = parse(&capture("ev152-basic.jsonl")[25]);
-    assert_eq!(update["usage"], real["usage"]);
 }
 
 #[tokio::test]
@@ -469,15 +475,7 @@ async fn pace_n_writes_n_stamped_updates_at_the_asked_rate() {
     .await;
     let after = realtime_ns();
     assert_eq!(code, 0);
-    assert_eq!(lines.len(), n + 4);
-    let kinds: Vec<String> = [0, 1, n + 2, n + 3]
-        .iter()
-        .map(|&i| shape(&parse(&lines[i])).0)
-        .collect();
-    assert_eq!(
-        kinds,
-        ["response", "agent_start", "agent_end", "agent_settled"]
-    );
+    assert_run_of(&lines, n);
     let flood_line = exchange(&[r#"{"type":"prompt","message":"flood 1"}"#])
         .await
         .1
