@@ -332,12 +332,7 @@ async fn needs_docker_a_sandbox_killed_from_outside_is_reported_and_activate_res
     let id = app.create_session().await;
     assert_eq!(app.activate(&id, "c").await.status, 200);
     let (mut ws, _) = app.connect(&id, "c", 0).await;
-    send(
-        &mut ws,
-        json!({"id": "p", "type": "prompt", "message": "hello"}),
-    )
-    .await;
-    until_type(&mut ws, "agent_settled").await;
+    prompt(&mut ws, "p", "hello").await;
     let cid = SandboxId(
         app.get(&format!("/api/sessions/{id}")).await.body["data"]["sandboxProviderId"]
             .as_str()
@@ -648,12 +643,7 @@ async fn needs_docker_the_engine_stopping_and_starting_again_loses_no_session() 
         assert_eq!(app.activate(id, "c").await.status, 200);
     }
     let (mut ws, _) = app.connect(&a, "c", 0).await;
-    send(
-        &mut ws,
-        json!({"id": "p", "type": "prompt", "message": "hello"}),
-    )
-    .await;
-    let run = until_type(&mut ws, "agent_settled").await;
+    let run = prompt(&mut ws, "p", "hello").await;
 
     engine.stop();
     assert_eq!(next_json(&mut ws).await["status"], "stopped");
@@ -711,12 +701,7 @@ async fn needs_docker_an_idle_session_is_paused_and_resumes_with_nothing_lost() 
     let id = app.create_session().await;
     assert_eq!(app.activate(&id, "c").await.status, 200);
     let (mut ws, _) = app.connect(&id, "c", 0).await;
-    send(
-        &mut ws,
-        json!({"id": "p", "type": "prompt", "message": "hello"}),
-    )
-    .await;
-    until_type(&mut ws, "agent_settled").await;
+    prompt(&mut ws, "p", "hello").await;
     // While a client is connected the session stays awake, even past the timeout.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(

@@ -264,7 +264,7 @@ pub async fn prompt(ws: &mut Ws, id: &str, message: &str) -> Vec<Value> {
 /// Waits for the socket to be closed by the server and returns the close code and reason.
 pub async fn close_code(ws: &mut Ws) -> (u16, String) {
     loop {
-        let msg = tokio::time::timeout(Duration::from_secs(10), ws.next())
+        let msg = tokio::time::timeout(PROMPTLY, ws.next())
             .await
             .expect("timed out waiting for close");
         match msg {
