@@ -2,7 +2,7 @@
 //!
 //! This crate owns the fake's whole behaviour: the RPC framing (one JSON command per stdin line, one JSON record per
 //! stdout line), the responses to every pi 1.5.2 command, and the event stream of a prompt, kept shaped like the real
-//! captures in `shared/testdata/pi-1.5.2/` (its tests compare against them). It also owns a few test-only prompts
+//! captures in `testdata/pi-1.5.2/` (its tests compare against them). It also owns a few test-only prompts
 //! (`flood N`, `pace N MICROS`, `big N`, `noise`, `stderr TEXT`, `exit N`, `sleep MS`; see the
 //! `hooks` module) that real pi lacks.
 //!

@@ -1,5 +1,5 @@
 //! The shapes of pi 1.5.2's records: the mock model, messages, `usage`, and the event sequence of one ordinary
-//! prompt run, mirrored from `shared/testdata/pi-1.5.2/ev152-basic.jsonl`.
+//! prompt run, mirrored from `testdata/pi-1.5.2/ev152-basic.jsonl`.
 //!
 //! Keys and key order follow the capture. Large nested values that no client inspects (the system prompt's sections
 //! and tool schemas) are shortened but keep their keys.

@@ -1,5 +1,5 @@
 //! Drives [`fake_pi::run`] through in-memory pipes and holds its output against the real pi 1.5.2 captures in
-//! `shared/testdata/pi-1.5.2/`, plus the test-only hooks the relay's tests rely on.
+//! `testdata/pi-1.5.2/`, plus the test-only hooks the relay's tests rely on.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use tokio::task::JoinHandle;
 /// test binary built in another checkout still reads this checkout's files.
 fn captures_dir() -> String {
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test");
-    format!("{crate_dir}/../../../shared/testdata/pi-1.5.2/")
+    format!("{crate_dir}/../../testdata/pi-1.5.2/")
 }
 const PATIENCE: Duration = Duration::from_secs(10);
 

@@ -1,6 +1,6 @@
 //! The image recipes, checked without building them: the seed's two Dockerfiles cannot be built
 //! here (no container registry), so each is parsed and checked against every requirement of
-//! `../shared/seed/sandbox-docker-images.md`: pi at /usr/local/bin/pi (pinned exactly), fixuid
+//! the sandbox image contract (`images/README.md`, "Requirements"), stated here in full: pi at /usr/local/bin/pi (pinned exactly), fixuid
 //! 0.6.0 installed setuid root with the seed's config after the user and before `USER`, the
 //! `user` account with UID/GID 1000, the entrypoint, `ENTRYPOINT ["fixuid", "-q",
 //! "/entrypoint.sh"]`. sandbox-debian's build.sh is held to the same list, the entrypoint

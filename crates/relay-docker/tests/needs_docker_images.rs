@@ -1,4 +1,4 @@
-//! The sandbox image contract (`../shared/seed/sandbox-docker-images.md`, issue 5), checked on
+//! The sandbox image contract (`images/README.md`, "Requirements"), checked on
 //! `sandbox-debian` in a real Docker engine through the relay's own Docker provider. The image
 //! comes from `PI_RELAY_TEST_IMAGE` (default `pi-relay/sandbox-debian:1.5.2`, which
 //! `images/sandbox-debian/build.sh` builds); nothing is pulled. These tests FAIL (never skip)
@@ -7,7 +7,7 @@
 //! Two setups are checked with the same probes:
 //! - seed style: `--user 1234:1234` and host directories at `/workspace` and `/data/agent`,
 //!   nothing else; the image's setuid fixuid does the remapping;
-//! - the relay's hardened setup (`../shared/DESIGN.md`, "Hardening"): cap-drop ALL,
+//! - the relay's hardened setup (README, "How it works"): cap-drop ALL,
 //!   no-new-privileges, init, the session layout of `relay_session::layout` (generated
 //!   passwd/group and an empty `/var/run/fixuid.ran`, bind-mounted read-only) and a tmpfs
 //!   `$HOME`, built like `relay_session`'s `spec()`; fixuid execs straight through.

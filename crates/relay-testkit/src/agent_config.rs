@@ -1,4 +1,4 @@
-//! The pi agent-directory files that select the mock LLM (`shared/reference/pi-rpc.md` §3 and §4.1).
+//! The pi agent-directory files that select the mock LLM (pi's `models.json` and `settings.json`).
 
 use std::io;
 use std::path::Path;

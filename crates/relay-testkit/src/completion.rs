@@ -1,5 +1,5 @@
 //! What the mock answers: the choice of turn for a chat-completions request and the stream of
-//! `chat.completion.chunk` objects for it (`shared/reference/pi-rpc.md` §4.2).
+//! `chat.completion.chunk` objects for it (what real pi 1.5.2 expects, see `testdata/README.md`).
 //!
 //! Every stream ends with a usage chunk whose `choices` is empty, because pi asks for
 //! `stream_options.include_usage` and the OpenAI API sends usage that way.

@@ -1,7 +1,7 @@
 //! Just enough HTTP/1.1 to read one request per connection and write one response.
 //!
 //! pi's OpenAI SDK (undici) sends a `Content-Length` body (see
-//! `shared/testdata/pi-1.5.2/llm-requests-openai.jsonl`), but chunked bodies are decoded too so a
+//! `testdata/pi-1.5.2/llm-requests-openai.jsonl`), but chunked bodies are decoded too so a
 //! different client version does not break the mock. Every limit below turns bad input into an
 //! error value, never a panic or an unbounded allocation.
 

@@ -2,7 +2,7 @@
 //! without a network or a model, and clean-up for test guards.
 //!
 //! [`MockLlm`] serves the OpenAI chat-completions streaming API (server-sent events) on
-//! `127.0.0.1`, following the recipe in `shared/reference/pi-rpc.md` §4. The first turn of a
+//! `127.0.0.1`, the way real pi 1.5.2 was recorded against a mock model (`testdata/README.md`). The first turn of a
 //! conversation answers with a `bash` tool call running [`Script::tool_command`]; once pi sends the
 //! tool result back, the mock answers with [`Script::final_text`] and pi settles.
 //! [`write_pi_agent_config`] writes the `models.json` and `settings.json` that point pi at it.

@@ -14,7 +14,7 @@ use tokio::net::TcpStream;
 /// still reads this checkout's file.
 fn recorded_requests() -> String {
     let crate_dir = std::env::var("CARGO_MANIFEST_DIR").expect("run through cargo test");
-    format!("{crate_dir}/../../../shared/testdata/pi-1.5.2/llm-requests-openai.jsonl")
+    format!("{crate_dir}/../../testdata/pi-1.5.2/llm-requests-openai.jsonl")
 }
 
 /// Upper bound for any single exchange, so a bug makes a test fail instead of hang.
