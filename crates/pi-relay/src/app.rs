@@ -33,11 +33,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Relay {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The API's connections.
+    pub connections: Arc<relay_api::ConnectionStats>,
     sessions: SessionService,
     cancel: CancellationToken,
     tasks: TaskTracker,
     /// Resolves when the API thread has stopped serving.
-    server: tokio::sync::oneshot::Receiver<std::io::Result<()>>,
+    server: tokio::sync::oneshot::Receiver<()>,
     /// Held until the relay is dropped: no second relay or `secrets` command on this database.
     _lock: StoreLock,
 }
@@ -193,10 +195,16 @@ impl Relay {
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "dev".into()),
         };
-        let server = spawn_api_thread(listener, state, cancel.clone())?;
+        let limits = relay_api::HttpLimits {
+            header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+        };
+        let connections = Arc::new(relay_api::ConnectionStats::default());
+        let server =
+            spawn_api_thread(listener, state, limits, connections.clone(), cancel.clone())?;
         tracing::info!(%addr, "pi-relay listening");
         Ok(Relay {
             addr,
+            connections,
             sessions,
             cancel,
             tasks,
@@ -222,8 +230,7 @@ impl Relay {
             tracing::warn!("background work did not stop in time");
         }
         match tokio::time::timeout(SHUTDOWN_GRACE, self.server).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => tracing::warn!(error = %e, "server stopped with an error"),
+            Ok(Ok(())) => {}
             Ok(Err(_)) => tracing::warn!("the API thread ended without a result"),
             Err(_) => tracing::warn!("open connections did not close in time"),
         }
@@ -241,23 +248,33 @@ impl Relay {
 fn spawn_api_thread(
     listener: tokio::net::TcpListener,
     state: AppState,
+    limits: relay_api::HttpLimits,
+    connections: Arc<relay_api::ConnectionStats>,
     stop: CancellationToken,
-) -> Result<tokio::sync::oneshot::Receiver<std::io::Result<()>>, BoxError> {
+) -> Result<tokio::sync::oneshot::Receiver<()>, BoxError> {
     let work = tokio::runtime::Handle::current();
-    let listener = listener.into_std()?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
+    // Registered with the API thread's runtime, before it runs, so a failure stops the start.
+    let listener = {
+        let _api = runtime.enter();
+        tokio::net::TcpListener::from_std(listener.into_std()?)?
+    };
     let (done, server) = tokio::sync::oneshot::channel();
     std::thread::Builder::new()
         .name("api".into())
         .spawn(move || {
-            let result = runtime.block_on(async move {
-                let listener = tokio::net::TcpListener::from_std(listener)?;
-                relay_api::serve(listener, state, work, stop).await
-            });
+            runtime.block_on(relay_api::serve(
+                listener,
+                state,
+                work,
+                limits,
+                connections,
+                stop,
+            ));
             drop(runtime);
-            let _ = done.send(result);
+            let _ = done.send(());
         })?;
     Ok(server)
 }

@@ -175,6 +175,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PI_RELAY_IDLE_CHECK_INTERVAL_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub idle_check_interval_secs: u64,
+    /// Seconds a client has to send a request's headers, from the connection's start or the end
+    /// of its previous response; also how long an idle kept-alive connection stays open.
+    #[arg(long, env = "PI_RELAY_HEADER_TIMEOUT_SECS", default_value_t = 20,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub header_timeout_secs: u64,
     /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
     #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
     pub log: String,

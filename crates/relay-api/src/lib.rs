@@ -8,10 +8,11 @@ mod environments;
 mod error;
 mod http;
 mod input;
-mod listen;
 mod secrets;
+mod server;
 mod sessions;
 mod settings;
+mod stream;
 mod ws;
 
 use axum::Router;
@@ -24,6 +25,8 @@ use relay_session::settings::SettingsService;
 use serde_json::json;
 
 pub use error::ApiError;
+pub use server::{DEFAULT_HEADER_READ_TIMEOUT, HttpLimits};
+pub use stream::ConnectionStats;
 pub use ws::MAX_CLIENT_MESSAGE;
 
 /// Everything handlers need.
@@ -90,33 +93,21 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
     .into_response()
 }
 
-/// Serves the API on `listener` until `stop` is cancelled, then waits for open requests.
-/// Connections are accepted on the runtime this runs on (the API thread's); WebSocket sessions
-/// are served on `work`, and every handler but `/health` runs there (see the `listen` and
-/// `http` modules).
+/// Serves the API on `listener` until `stop` is cancelled, then waits for requests in progress.
+/// Connections are accepted, and HTTP spoken, on the runtime this runs on (the API thread's);
+/// every handler but `/health` runs on `work`, and so do WebSocket sessions, sockets included
+/// (see the `server`, `stream` and `http` modules). `stats` counts the connections.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     work: tokio::runtime::Handle,
+    limits: HttpLimits,
+    stats: std::sync::Arc<ConnectionStats>,
     stop: tokio_util::sync::CancellationToken,
-) -> std::io::Result<()> {
+) {
     let app = router(state).layer(axum::middleware::from_fn_with_state(
-        work.clone(),
+        work,
         http::on_work_runtime,
     ));
-    let (api_connections, work_connections) = listen::route(listener, stop.clone())?;
-    let work_app = app.clone();
-    let work_stop = stop.clone();
-    let work_server = work.spawn(async move {
-        axum::serve(work_connections, work_app)
-            .with_graceful_shutdown(work_stop.cancelled_owned())
-            .await
-    });
-    let served = axum::serve(api_connections, app)
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await;
-    let work_served = work_server
-        .await
-        .map_err(|e| std::io::Error::other(format!("WebSocket server failed: {e}")))?;
-    served.and(work_served)
+    server::serve(listener, app, limits, stats, stop).await;
 }
