@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use relay_api::AppState;
 use relay_sandbox::Sandbox;
+use relay_sandbox::host::HostStorage;
 use relay_session::environments::EnvironmentService;
 use relay_session::secrets::SecretService;
 use relay_session::settings::SettingsService;
@@ -33,6 +34,8 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 pub struct Relay {
     /// Where it listens.
     pub addr: SocketAddr,
+    /// The idle reaper (running on its own; tests may also run a pass by hand).
+    pub reaper: Arc<relay_session::reaper::IdleReaper>,
     /// The API's connections.
     pub connections: Arc<relay_api::ConnectionStats>,
     sessions: SessionService,
@@ -77,6 +80,25 @@ fn lower_thread_priority(nice: i32) {
     }
 }
 
+/// The uid:gid sandboxes run as: the configured one when the relay runs as root (never root
+/// itself), otherwise the relay's own, so that the session directories it creates stay usable.
+pub fn sandbox_user(args: &ServeArgs) -> (u32, u32) {
+    match effective_ids() {
+        (0, _) => (args.sandbox_uid, args.sandbox_gid),
+        ids => ids,
+    }
+}
+
+/// Where sessions' files live on this host: under the state directory (created if needed), handed
+/// to the sandbox user when the relay runs as root.
+pub fn host_storage(dirs: &Resolved) -> Result<HostStorage, BoxError> {
+    std::fs::create_dir_all(&dirs.state_dir)
+        .map_err(|e| format!("cannot create {}: {e}", dirs.state_dir.display()))?;
+    // Absolute: the paths are handed to the engine as bind-mount sources.
+    let state_dir = std::fs::canonicalize(&dirs.state_dir)?;
+    Ok(HostStorage::new(state_dir, effective_ids().0 == 0))
+}
+
 /// Reads this relay's instance id, creating it on first start.
 fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
     if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {
@@ -109,7 +131,7 @@ impl Relay {
         dirs: &Resolved,
         sandbox: Arc<dyn Sandbox>,
     ) -> Result<Relay, BoxError> {
-        for dir in [&dirs.data_dir, &dirs.config_dir, &dirs.state_dir] {
+        for dir in [&dirs.data_dir, &dirs.config_dir] {
             std::fs::create_dir_all(dir)
                 .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
         }
@@ -132,17 +154,9 @@ impl Relay {
         let environments =
             EnvironmentService::new(store.clone(), sandbox.clone(), args.sandbox_image.clone());
         let settings = SettingsService::new(store.clone());
-        let (euid, egid) = effective_ids();
-        let root = euid == 0;
         let cfg = SessionConfig {
-            state_dir: std::fs::canonicalize(&dirs.state_dir)?,
             default_image: args.sandbox_image.clone(),
-            sandbox_user: if root {
-                (args.sandbox_uid, args.sandbox_gid)
-            } else {
-                (euid, egid)
-            },
-            chown_session_dirs: root,
+            sandbox_user: sandbox_user(args),
             network: args.sandbox_network.clone(),
             instance_id: instance_id(args, &dirs.data_dir)?,
             hardened: !args.no_hardening,
@@ -151,14 +165,8 @@ impl Relay {
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let sessions = SessionService::new(
-            store,
-            sandbox,
-            cfg,
-            secrets.clone(),
-            tasks.clone(),
-            cancel.clone(),
-        );
+        let sessions =
+            SessionService::new(store, sandbox, cfg, secrets, tasks.clone(), cancel.clone());
         sessions.ensure_default_environment().await?;
         match sessions.warm_image(&args.sandbox_image).await {
             Ok(id) => tracing::info!(image = %args.sandbox_image, id = %id, "sandbox image ready"),
@@ -178,14 +186,16 @@ impl Relay {
             Duration::from_secs(args.idle_check_interval_secs),
         )
         .with_settings(settings.clone());
-        tasks.spawn(reaper.run(cancel.clone()));
+        let reaper = Arc::new(reaper);
+        let running = reaper.clone();
+        let stop = cancel.clone();
+        tasks.spawn(async move { running.run(stop).await });
         let listener = tokio::net::TcpListener::bind((args.host, args.port))
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
         let addr = listener.local_addr()?;
         let state = AppState {
             sessions: sessions.clone(),
-            secrets,
             environments,
             settings,
             auth_token: args.auth_token.clone(),
@@ -204,6 +214,7 @@ impl Relay {
         tracing::info!(%addr, "pi-relay listening");
         Ok(Relay {
             addr,
+            reaper,
             connections,
             sessions,
             cancel,
@@ -304,7 +315,8 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), BoxError> {
         .with_writer(std::io::stderr)
         .init();
     let dirs = args.resolve()?;
-    let docker = relay_docker::DockerSandbox::connect(args.docker_host.as_deref())
+    let storage = host_storage(&dirs)?;
+    let docker = relay_docker::DockerSandbox::connect(args.docker_host.as_deref(), storage)
         .await
         .map_err(|e| {
             format!(

@@ -19,8 +19,6 @@ pub struct Cli {
 pub enum Command {
     /// Run the relay.
     Serve(Box<ServeArgs>),
-    /// Measure the relay against raw Docker on this machine (see docs/benchmarks.md).
-    Bench(crate::bench::BenchArgs),
     /// Manage the secrets vault (stop the relay first).
     #[command(subcommand)]
     Secrets(SecretsCommand),
@@ -140,9 +138,10 @@ pub struct ServeArgs {
     /// Docker Engine API endpoint (unix:///path, tcp://host:port) [default: local socket]
     #[arg(long, env = "DOCKER_HOST")]
     pub docker_host: Option<String>,
-    /// Docker network mode of sandboxes (bridge, none, host, or a network name).
+    /// Network of sandboxes whose environment names none (bridge, none, host, or a network
+    /// name).
     #[arg(long, env = "PI_RELAY_SANDBOX_NETWORK", default_value = "bridge")]
-    pub sandbox_network: String,
+    pub sandbox_network: relay_sandbox::Network,
     /// uid sandboxes run as when the relay runs as root (otherwise the relay's own uid).
     #[arg(long, env = "PI_RELAY_SANDBOX_UID", default_value_t = 1000)]
     pub sandbox_uid: u32,

@@ -1,16 +1,16 @@
-//! The `pi-relay` binary: parses the command line and hands over to [`pi_relay::app`], the
-//! benchmark, or the `secrets` commands.
+//! The `pi-relay` binary: parses the command line and hands over to [`pi_relay::app`] or the
+//! `secrets` commands.
 
 use clap::Parser;
 use pi_relay::config::{Cli, Command};
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    // The relay's runtime runs its work below the API thread's priority; the benchmark and the
-    // secrets commands run at the normal priority.
+    // The relay's runtime runs its work below the API thread's priority; the secrets commands
+    // run at the normal priority.
     let runtime = match cli.command {
         Command::Serve(_) => pi_relay::app::work_runtime(),
-        _ => tokio::runtime::Runtime::new(),
+        Command::Secrets(_) => tokio::runtime::Runtime::new(),
     };
     let runtime = match runtime {
         Ok(rt) => rt,
@@ -21,7 +21,6 @@ fn main() -> std::process::ExitCode {
     };
     let result = match cli.command {
         Command::Serve(args) => runtime.block_on(pi_relay::app::serve(*args)),
-        Command::Bench(args) => runtime.block_on(pi_relay::bench::run(args)),
         Command::Secrets(cmd) => runtime.block_on(pi_relay::secrets_cli::run(cmd)),
     };
     match result {

@@ -18,12 +18,6 @@ fn image() -> String {
     std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
 }
 
-async fn docker() -> relay_docker::DockerSandbox {
-    relay_docker::DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref())
-        .await
-        .expect("Docker engine must be running for these tests (bash scripts/docker-up.sh)")
-}
-
 async fn until_type_within(ws: &mut Ws, ty: &str, limit: Duration) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
@@ -65,13 +59,8 @@ async fn needs_docker_real_pi_runs_a_tool_in_its_sandbox_and_a_late_client_repla
             template.to_str().unwrap(),
         ],
     );
-    let app = start_with(
-        dir,
-        args,
-        Arc::new(docker().await),
-        relay_sandbox::fake::FakeSandbox::new(),
-    )
-    .await;
+    let (docker, fake) = (docker(storage(&dir)).await, fake(&dir));
+    let app = start_with(dir, args, Arc::new(docker), fake).await;
 
     let id = app.create_session().await;
     let r = app.activate(&id, "a").await;
@@ -224,7 +213,7 @@ async fn needs_docker_real_pi_runs_a_tool_in_its_sandbox_and_a_late_client_repla
         .to_owned();
     assert_eq!(app.delete(&format!("/api/sessions/{id}")).await.status, 200);
     let gone =
-        relay_sandbox::Sandbox::inspect(&docker().await, &relay_sandbox::SandboxId(cid)).await;
+        relay_sandbox::Sandbox::inspect(&engine().await, &relay_sandbox::SandboxId(cid)).await;
     assert!(
         matches!(gone, Err(relay_sandbox::SandboxError::NotFound(_))),
         "{gone:?}"

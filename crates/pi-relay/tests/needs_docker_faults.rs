@@ -24,10 +24,9 @@ fn fake_image() -> String {
         .unwrap_or_else(|_| "pi-relay/bench-fake-pi:latest".into())
 }
 
-async fn docker() -> relay_docker::DockerSandbox {
-    relay_docker::DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref())
-        .await
-        .expect("Docker engine must be running for these tests (bash scripts/docker-up.sh)")
+/// Storage for an engine client that only looks at or removes sandboxes.
+fn scratch_storage() -> relay_sandbox::host::HostStorage {
+    relay_sandbox::host::HostStorage::new(std::env::temp_dir(), false)
 }
 
 fn free_port() -> u16 {
@@ -63,6 +62,7 @@ impl Drop for Cleanup {
             let Ok(d) = relay_docker::DockerSandbox::connect(
                 host.as_deref()
                     .or(std::env::var("DOCKER_HOST").ok().as_deref()),
+                scratch_storage(),
             )
             .await
             else {
@@ -92,7 +92,7 @@ struct Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let docker = docker().await;
+        let docker = engine().await;
         let root = tempfile::tempdir().unwrap();
         let instance = format!("test-{}", uuid::Uuid::new_v4());
         Fixture {
@@ -179,14 +179,16 @@ async fn spawn_relay(root: &Path, instance: &str, extra: &[&str]) -> RelayProces
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // The process owns the relay; the app's own fake provider and directory go unused.
+    let scratch = tempfile::tempdir().unwrap();
     let app = TestApp {
         relay: None,
         base,
         ws_base: format!("ws://127.0.0.1:{port}"),
         http,
-        fake: relay_sandbox::fake::FakeSandbox::new(),
+        fake: fake(&scratch),
         token: None,
-        dir: tempfile::tempdir().unwrap(),
+        dir: scratch,
     };
     RelayProcess {
         child,
@@ -567,7 +569,8 @@ impl Engine {
         self.dockerd = Some(child);
         let started = Instant::now();
         loop {
-            if let Ok(d) = relay_docker::DockerSandbox::connect(Some(&self.socket())).await
+            if let Ok(d) =
+                relay_docker::DockerSandbox::connect(Some(&self.socket()), scratch_storage()).await
                 && d.ping().await.is_ok()
             {
                 return;
@@ -602,7 +605,7 @@ impl Drop for Engine {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_the_engine_stopping_and_starting_again_loses_no_session() {
     // Fails (never skips) without Docker: the image comes from the machine's engine.
-    docker().await;
+    engine().await;
     let root = tempfile::Builder::new()
         .prefix("prd")
         .tempdir_in("/tmp")
@@ -626,7 +629,7 @@ async fn needs_docker_the_engine_stopping_and_starting_again_loses_no_session() 
         "{}",
         String::from_utf8_lossy(&loaded.stderr)
     );
-    let second = relay_docker::DockerSandbox::connect(Some(&engine.socket()))
+    let second = relay_docker::DockerSandbox::connect(Some(&engine.socket()), scratch_storage())
         .await
         .unwrap();
 

@@ -46,9 +46,11 @@ impl From<SessionError> for ApiError {
             NoDefaultEnvironment | Invalid(_) => ApiError::Client(StatusCode::BAD_REQUEST, msg),
             Conflict(_) => ApiError::Client(StatusCode::CONFLICT, msg),
             Archived => ApiError::Client(StatusCode::GONE, msg),
-            InErrorState | CannotRestartArchived | NotRestartable => {
-                ApiError::Client(StatusCode::CONFLICT, msg)
-            }
+            InErrorState
+            | CannotRestartArchived
+            | NotRestartable
+            | IllegalTransition(_)
+            | Changed => ApiError::Client(StatusCode::CONFLICT, msg),
             Unsupported(_) => ApiError::Client(StatusCode::NOT_IMPLEMENTED, msg),
             ProvisioningFailed => ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg),
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),

@@ -20,7 +20,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use relay_session::SessionService;
 use relay_session::environments::EnvironmentService;
-use relay_session::secrets::SecretService;
 use relay_session::settings::SettingsService;
 use serde_json::json;
 
@@ -34,8 +33,6 @@ pub use ws::MAX_CLIENT_MESSAGE;
 pub struct AppState {
     /// The session service.
     pub sessions: SessionService,
-    /// Secrets (`/api/secrets`).
-    pub secrets: SecretService,
     /// Environments (`/api/environments`).
     pub environments: EnvironmentService,
     /// Settings (`/api/settings`).

@@ -1,7 +1,7 @@
 //! `/api/secrets…`: create, list, update and delete secrets. Values go in and never come out:
 //! responses carry `SecretInfo` without the value. Request fields are type-checked here with
-//! the protocol's messages; their content is checked by the secrets service. After a change,
-//! the secrets directories of live sessions are brought up to date.
+//! the protocol's messages; their content is checked by the secrets service. Changes go through
+//! the session service, which also brings the secrets of live sessions up to date.
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -106,7 +106,7 @@ fn domains(v: &serde_json::Map<String, Value>) -> Result<Option<Vec<String>>, Ap
 }
 
 async fn list(State(state): State<AppState>) -> Result<Response, ApiError> {
-    let all = state.secrets.list().await?;
+    let all = state.sessions.secrets().list().await?;
     Ok(envelope::ok(
         all.into_iter().map(SecretView::from).collect::<Vec<_>>(),
     ))
@@ -125,8 +125,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
         enabled: enabled(&v)?.unwrap_or(true),
         domains: domains(&v)?,
     };
-    let info = state.secrets.create(new).await?;
-    state.sessions.refresh_secret_files().await;
+    let info = state.sessions.create_secret(new).await?;
     Ok(envelope::with_status(
         StatusCode::CREATED,
         SecretView::from(info),
@@ -153,8 +152,7 @@ async fn update(
         domains: domains(&v)?,
     };
     input::uuid_id(&id, not_found)?;
-    state.secrets.update(&id, change).await?;
-    state.sessions.refresh_secret_files().await;
+    state.sessions.update_secret(&id, change).await?;
     Ok(envelope::ok(json!({"ok": true})))
 }
 
@@ -163,7 +161,6 @@ async fn delete(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     input::uuid_id(&id, not_found)?;
-    state.secrets.delete(&id).await?;
-    state.sessions.refresh_secret_files().await;
+    state.sessions.delete_secret(&id).await?;
     Ok(envelope::ok(json!({"ok": true})))
 }

@@ -8,7 +8,7 @@ use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use axum::routing::{get, post, put};
 use bytes::Bytes;
-use relay_session::{Mode, NewSessionRequest, Session};
+use relay_session::{Mode, NewSessionRequest, SandboxState, SandboxStatus, Session};
 use serde::Serialize;
 use serde_json::{Value, json};
 
@@ -36,8 +36,8 @@ pub(crate) fn router() -> Router<AppState> {
 #[serde(rename_all = "camelCase")]
 struct SessionView {
     id: String,
-    mode: String,
-    status: String,
+    mode: &'static str,
+    status: &'static str,
     sandbox_provider: Option<String>,
     sandbox_provider_id: Option<String>,
     environment_id: Option<String>,
@@ -63,8 +63,8 @@ impl From<Session> for SessionView {
     fn from(s: Session) -> SessionView {
         SessionView {
             id: s.id,
-            mode: s.mode,
-            status: s.status,
+            mode: s.mode.as_str(),
+            status: s.status.as_str(),
             sandbox_provider: s.sandbox_provider,
             sandbox_provider_id: s.sandbox_provider_id,
             environment_id: s.environment_id,
@@ -113,16 +113,17 @@ async fn list(
     State(state): State<AppState>,
     Query(q): Query<HashMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    // Names that are no status match no session, as in the pi-apps relay.
     let statuses = q
         .get("status")
         .map(|s| {
             s.split(',')
                 .map(str::trim)
                 .filter(|s| !s.is_empty())
-                .map(str::to_owned)
                 .collect::<Vec<_>>()
         })
-        .filter(|v| !v.is_empty());
+        .filter(|v| !v.is_empty())
+        .map(|names| names.iter().filter_map(|n| n.parse().ok()).collect());
     let sessions = state.sessions.list(statuses).await?;
     Ok(envelope::ok(
         sessions
@@ -140,7 +141,7 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
     let mode = v
         .get("mode")
         .and_then(Value::as_str)
-        .and_then(Mode::parse)
+        .and_then(|m| m.parse::<Mode>().ok())
         .ok_or_else(|| ApiError::bad_request("mode must be 'chat' or 'code'"))?;
     let repo_id = match v.get("repoId") {
         Some(Value::String(s)) if !s.trim().is_empty() => Some(s.clone()),
@@ -191,7 +192,7 @@ async fn activate(
         "sessionId": a.session_id,
         "status": "active",
         "lastSeq": a.last_seq,
-        "sandboxStatus": a.sandbox_status,
+        "sandboxStatus": "running",
         "wsEndpoint": ws_endpoint(&id),
     })))
 }
@@ -277,10 +278,17 @@ async fn sandbox(
 ) -> Result<Response, ApiError> {
     valid_id(&id)?;
     let v = state.sessions.sandbox_view(&id).await?;
-    let capabilities = (v.provider_id.is_some() && v.status != "error").then(|| {
+    let status = match v.state {
+        SandboxState::NotProvisioned => "stopped",
+        SandboxState::Provisioning => "creating",
+        SandboxState::Present(s) => sandbox_status_name(s),
+        SandboxState::Gone | SandboxState::Unreachable => "error",
+    };
+    let capabilities = matches!(v.state, SandboxState::Present(_)).then(|| {
         json!({
-            "losslessPause": v.available,
-            "persistentDisk": v.available,
+            "losslessPause": v.capabilities.pause,
+            // The workspace and pi's files outlive every sandbox of the session.
+            "persistentDisk": true,
             "exec": false,
             "terminal": false,
         })
@@ -289,13 +297,23 @@ async fn sandbox(
         "sessionId": id,
         "provider": v.provider,
         "providerId": v.provider_id,
-        "status": v.status,
+        "status": status,
         "capabilities": capabilities,
     });
     if v.provider_id.is_some() {
         data["imageDigest"] = json!(v.image_digest);
     }
     Ok(envelope::ok(data))
+}
+
+/// The protocol's name of a sandbox status (`GET …/sandbox`, `sandbox_status` messages).
+fn sandbox_status_name(s: SandboxStatus) -> &'static str {
+    match s {
+        SandboxStatus::Created => "creating",
+        SandboxStatus::Running => "running",
+        SandboxStatus::Paused => "paused",
+        SandboxStatus::Exited => "stopped",
+    }
 }
 
 async fn logs(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {

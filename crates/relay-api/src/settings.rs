@@ -37,11 +37,12 @@ async fn put(State(state): State<AppState>, body: Bytes) -> Result<Response, Api
     Ok(envelope::ok(json!({"ok": true})))
 }
 
-/// Docker is available when its engine answers; this relay runs no Gondolin VMs.
+/// The relay's provider is available when its runtime answers; this relay runs no Gondolin VMs.
 async fn providers(State(state): State<AppState>) -> Response {
-    let docker = state.sessions.sandbox().ping().await.is_ok();
-    envelope::ok(json!({
-        "docker": {"available": docker},
-        "gondolin": {"available": false},
-    }))
+    let sandbox = state.sessions.sandbox();
+    let available = sandbox.ping().await.is_ok();
+    let mut providers = serde_json::Map::new();
+    providers.insert("gondolin".into(), json!({"available": false}));
+    providers.insert(sandbox.kind().into(), json!({"available": available}));
+    envelope::ok(providers)
 }

@@ -1,7 +1,9 @@
 //! The Docker sandbox provider: every [`Sandbox`] operation as a Docker Engine API call through
 //! bollard. Only this crate knows bollard; it turns the relay's [`SandboxSpec`] into a container
-//! configuration (labels, user, mounts, limits, hardening) and the engine's answers back into
-//! the relay's types.
+//! configuration (labels, user, the session's host directories as bind mounts, limits,
+//! hardening) and the engine's answers back into the relay's types. Session files live in host
+//! directories ([`HostStorage`]); next to them it generates the `/etc/passwd`, `/etc/group` and
+//! fixuid marker that let seed-style images run as any uid under the hardened flags.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::Duration;
@@ -19,9 +21,11 @@ use bollard::query_parameters::{
     StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
+use relay_sandbox::host::{HostLayout, HostStorage};
 use relay_sandbox::{
-    ImageInfo, OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
-    SandboxStatus,
+    AGENT_PATH, Capabilities, HOME_PATH, ImageInfo, Network, OutputChunk, OutputHistory,
+    SECRETS_PATH, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
+    SandboxStatus, SessionStorage, WORKSPACE_PATH,
 };
 
 /// How long a single Engine API request may take before its response headers arrive. Attach
@@ -32,10 +36,22 @@ const REQUEST_TIMEOUT_SECS: u64 = 120;
 /// attached can be recovered as long as it fits.
 pub const LOG_MAX_SIZE: &str = "256m";
 
+/// What Docker can do: freeze containers, keep their whole log (up to [`LOG_MAX_SIZE`]), list
+/// local images.
+pub const CAPABILITIES: Capabilities = Capabilities {
+    pause: true,
+    output_history: OutputHistory::SinceCreation,
+    image_listing: true,
+};
+
+/// Size of the tmpfs mounted at the sandbox user's home.
+const HOME_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
+
 /// The Docker provider. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct DockerSandbox {
     docker: Docker,
+    storage: HostStorage,
     /// Image id → the entrypoint to use under the hardened flags (see [`strip_fixuid`]).
     entrypoints: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<Vec<String>>>>>,
 }
@@ -68,8 +84,12 @@ pub fn strip_fixuid(entrypoint: &[String]) -> Option<Vec<String>> {
 impl DockerSandbox {
     /// Connects to the engine at `host` (`unix:///path`, a bare socket path, `tcp://` or
     /// `http://`), or to the platform default when `None`, and negotiates the API version so the
-    /// client speaks what the engine supports.
-    pub async fn connect(host: Option<&str>) -> Result<DockerSandbox, SandboxError> {
+    /// client speaks what the engine supports. Session files are kept in `storage`, which must be
+    /// on the engine's host (they are bind-mounted).
+    pub async fn connect(
+        host: Option<&str>,
+        storage: HostStorage,
+    ) -> Result<DockerSandbox, SandboxError> {
         let docker = match host.map(str::trim).filter(|h| !h.is_empty()) {
             None => Docker::connect_with_local_defaults(),
             Some(h) if h.starts_with('/') => {
@@ -92,8 +112,33 @@ impl DockerSandbox {
             .map_err(|e| SandboxError::Unavailable(format!("cannot reach Docker: {e}")))?;
         Ok(DockerSandbox {
             docker,
+            storage,
             entrypoints: Default::default(),
         })
+    }
+
+    /// The engine client, for tools that measure against the engine directly (the benchmark).
+    pub fn engine(&self) -> &Docker {
+        &self.docker
+    }
+
+    /// Writes the files generated for a session's sandbox: a passwd and group mapping the image's
+    /// `user` to the sandbox's uid:gid, and an empty fixuid marker, so fixuid (which cannot work
+    /// under `no-new-privileges`) execs straight through.
+    async fn generate_files(&self, spec: &SandboxSpec) -> Result<(), SandboxError> {
+        let layout = self.storage.layout(&spec.session_id);
+        let (uid, gid) = spec.user;
+        let session = spec.session_id.clone();
+        tokio::task::spawn_blocking(move || -> std::io::Result<()> {
+            std::fs::create_dir_all(&layout.generated)?;
+            write_if_changed(&layout.generated.join("passwd"), &passwd(uid, gid))?;
+            write_if_changed(&layout.generated.join("group"), &group(gid))?;
+            write_if_changed(&layout.generated.join("fixuid.ran"), "")
+        })
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r)
+        .map_err(|source| SandboxError::Storage { session, source })
     }
 
     async fn hardened_entrypoint(&self, image: &str) -> Result<Option<Vec<String>>, SandboxError> {
@@ -121,23 +166,46 @@ impl DockerSandbox {
         Ok(entrypoint)
     }
 
-    fn container_body(spec: &SandboxSpec) -> ContainerCreateBody {
-        let mounts = spec
-            .mounts
-            .iter()
-            .map(|m| DockerMount {
-                target: Some(m.target.clone()),
-                source: Some(m.host.clone()),
-                typ: Some(MountType::BIND),
-                read_only: Some(m.read_only),
-                ..Default::default()
-            })
-            .collect();
+    /// The engine's container configuration for `spec`, the session's files at the contract's
+    /// paths (see [`HostLayout`]).
+    pub fn container_body(spec: &SandboxSpec, layout: &HostLayout) -> ContainerCreateBody {
+        let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
+        let bind = |host: &std::path::Path, target: &str, read_only: bool| DockerMount {
+            target: Some(target.to_owned()),
+            source: Some(path(host)),
+            typ: Some(MountType::BIND),
+            read_only: Some(read_only),
+            ..Default::default()
+        };
+        let mounts = vec![
+            bind(&layout.workspace, WORKSPACE_PATH, false),
+            bind(&layout.agent, AGENT_PATH, false),
+            bind(&layout.secrets, SECRETS_PATH, true),
+            bind(&layout.generated.join("passwd"), "/etc/passwd", true),
+            bind(&layout.generated.join("group"), "/etc/group", true),
+            bind(
+                &layout.generated.join("fixuid.ran"),
+                "/var/run/fixuid.ran",
+                true,
+            ),
+        ];
+        let (uid, gid) = spec.user;
+        // $HOME must be writable whatever uid the sandbox runs as.
+        let tmpfs = HashMap::from([(
+            HOME_PATH.to_owned(),
+            format!("uid={uid},gid={gid},mode=0700,exec,size={HOME_TMPFS_BYTES}"),
+        )]);
+        let network_mode = match &spec.network {
+            Network::None => "none".to_owned(),
+            Network::Default => "bridge".to_owned(),
+            Network::Host => "host".to_owned(),
+            Network::Named(n) => n.clone(),
+        };
         let hardening = spec.hardened.then_some(());
         let host_config = HostConfig {
             mounts: Some(mounts),
-            tmpfs: (!spec.tmpfs.is_empty()).then(|| spec.tmpfs.iter().cloned().collect()),
-            network_mode: Some(spec.network.clone()),
+            tmpfs: Some(tmpfs),
+            network_mode: Some(network_mode),
             memory: spec.limits.memory_bytes,
             // Equal to the memory limit: the sandbox gets no swap on top.
             memory_swap: spec.limits.memory_bytes,
@@ -263,6 +331,14 @@ impl Sandbox for DockerSandbox {
         "docker"
     }
 
+    fn capabilities(&self) -> Capabilities {
+        CAPABILITIES
+    }
+
+    fn storage(&self) -> &dyn SessionStorage {
+        &self.storage
+    }
+
     async fn ping(&self) -> Result<(), SandboxError> {
         self.docker
             .ping()
@@ -271,16 +347,21 @@ impl Sandbox for DockerSandbox {
             .map_err(|e| SandboxError::Unavailable(e.to_string()))
     }
 
-    async fn resolve_image(&self, image: &str) -> Result<String, SandboxError> {
-        let info = self.docker.inspect_image(image).await.map_err(|e| match e {
-            BollardError::DockerResponseServerError {
-                status_code: 404, ..
-            } => SandboxError::ImageNotFound(format!(
-                "{image} is not present on the Docker host (pi-relay never pulls; build it with \
-                 images/sandbox-debian/build.sh or `docker pull` it)"
-            )),
-            e => map_err(e, "inspect image"),
-        })?;
+    /// The local image's id. pi-relay never pulls: the image must be on the engine's host.
+    async fn pin_image(&self, image: &str) -> Result<String, SandboxError> {
+        let info = self
+            .docker
+            .inspect_image(image)
+            .await
+            .map_err(|e| match e {
+                BollardError::DockerResponseServerError {
+                    status_code: 404, ..
+                } => SandboxError::ImageNotFound(format!(
+                    "Image '{image}' is not present on the Docker host; build or pull it first \
+                 (pi-relay never pulls images)"
+                )),
+                e => map_err(e, "inspect image"),
+            })?;
         info.id
             .ok_or_else(|| SandboxError::Runtime(format!("image {image} has no id")))
     }
@@ -317,7 +398,8 @@ impl Sandbox for DockerSandbox {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
-        let mut body = Self::container_body(spec);
+        self.generate_files(spec).await?;
+        let mut body = Self::container_body(spec, &self.storage.layout(&spec.session_id));
         if spec.hardened {
             body.entrypoint = self.hardened_entrypoint(&spec.image).await?;
         }
@@ -494,7 +576,7 @@ impl Sandbox for DockerSandbox {
             .collect())
     }
 
-    async fn stdout_log(
+    async fn stdout_history(
         &self,
         id: &SandboxId,
     ) -> Result<relay_sandbox::OutputStream, SandboxError> {
@@ -544,9 +626,38 @@ impl Sandbox for DockerSandbox {
     }
 }
 
+fn write_if_changed(path: &std::path::Path, content: &str) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if std::fs::read_to_string(path).is_ok_and(|c| c == content) {
+        return Ok(());
+    }
+    std::fs::write(path, content)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o644))
+}
+
+/// `/etc/passwd` for a sandbox: `user` (the seed images' account) at the sandbox uid:gid.
+pub fn passwd(uid: u32, gid: u32) -> String {
+    format!(
+        "root:x:0:0:root:/root:/bin/sh\n\
+         user:x:{uid}:{gid}:user:{HOME_PATH}:/bin/bash\n\
+         nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n"
+    )
+}
+
+/// `/etc/group` for a sandbox.
+pub fn group(gid: u32) -> String {
+    format!("root:x:0:\nuser:x:{gid}:\nnogroup:x:65534:\n")
+}
+
 #[cfg(test)]
 mod tests {
-    use super::strip_fixuid;
+    use super::{group, passwd, strip_fixuid};
+
+    #[test]
+    fn generated_passwd_maps_user_to_the_sandbox_ids() {
+        assert!(passwd(1234, 5678).contains("\nuser:x:1234:5678:user:/home/user:/bin/bash\n"));
+        assert!(group(5678).contains("\nuser:x:5678:\n"));
+    }
 
     fn v(a: &[&str]) -> Vec<String> {
         a.iter().map(|s| s.to_string()).collect()

@@ -18,16 +18,15 @@ use tokio::io::AsyncWriteExt;
 use helpers::*;
 
 mod helpers {
-    use std::collections::BTreeMap;
     use std::future::Future;
-    use std::path::{Path, PathBuf};
     use std::time::Duration;
 
     use futures_util::StreamExt;
     use relay_docker::DockerSandbox;
+    use relay_sandbox::host::{HostLayout, HostStorage};
     use relay_sandbox::{
-        LABEL_INSTANCE, LABEL_SESSION, Limits, Mount, OutputChunk, Sandbox, SandboxId, SandboxIo,
-        SandboxSpec,
+        LABEL_INSTANCE, Network, OutputChunk, Sandbox, SandboxId, SandboxIo, SandboxSpec,
+        SecretFile, SessionStorage,
     };
 
     /// Upper bound for any single engine operation or output wait.
@@ -37,7 +36,8 @@ mod helpers {
     pub const GID: u32 = 1234;
     /// Name of the secret file (exported as `PI_RELAY_TEST_TOKEN` by the entrypoint).
     pub const SECRET_FILE: &str = "pi_relay_test_token";
-    pub const HOME_TMPFS_OPTS: &str = "uid=1234,gid=1234,mode=0700,exec";
+    /// What the provider mounts at `$HOME` for a sandbox of [`UID`]:[`GID`].
+    pub const HOME_TMPFS_OPTS: &str = "uid=1234,gid=1234,mode=0700,exec,size=268435456";
 
     /// Awaits `fut`, failing the test if it takes longer than [`TIMEOUT`].
     pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
@@ -52,10 +52,11 @@ mod helpers {
             .unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".to_owned())
     }
 
-    pub async fn connect() -> DockerSandbox {
+    /// The provider on the machine's engine, keeping session files in `storage`.
+    pub async fn connect(storage: HostStorage) -> DockerSandbox {
         within(
             "connect",
-            DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref()),
+            DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage),
         )
         .await
         .expect("Docker engine must be running for these tests (scripts/docker-up.sh)")
@@ -73,90 +74,30 @@ mod helpers {
         vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
     }
 
-    /// The three host directories of a session, owned by the sandbox uid, and the files the
-    /// relay generates for it (passwd, group, the fixuid marker).
-    #[derive(Debug)]
-    pub struct Dirs {
-        _root: tempfile::TempDir,
-        pub workspace: PathBuf,
-        pub agent: PathBuf,
-        pub secrets: PathBuf,
-        pub generated: PathBuf,
-        pub secret_value: String,
-    }
-
-    impl Dirs {
-        fn new() -> Dirs {
-            let root = tempfile::Builder::new()
-                .prefix("pi-relay-docker-test-")
-                .tempdir()
-                .expect("tempdir");
-            let workspace = root.path().join("workspace");
-            let agent = root.path().join("agent");
-            let secrets = root.path().join("secrets");
-            let secret_value = format!("s3cr3t-{}", uuid::Uuid::new_v4().simple());
-            for d in [&workspace, &agent, &secrets] {
-                std::fs::create_dir(d).expect("mkdir");
-            }
-            std::fs::write(secrets.join(SECRET_FILE), format!("{secret_value}\n"))
-                .expect("write secret");
-            // The sandbox uid must own its directories; the secrets stay private to it.
-            for p in [
-                root.path(),
-                &workspace,
-                &agent,
-                &secrets,
-                &secrets.join(SECRET_FILE),
-            ] {
-                std::os::unix::fs::chown(p, Some(UID), Some(GID))
-                    .unwrap_or_else(|e| panic!("chown {} (tests need root): {e}", p.display()));
-            }
-            set_mode(root.path(), 0o755);
-            set_mode(&secrets, 0o700);
-            set_mode(&secrets.join(SECRET_FILE), 0o600);
-            // As the relay does (relay_session::layout): the image's fixuid then execs
-            // straight through, which it must under no-new-privileges.
-            let generated = root.path().join("sandbox");
-            std::fs::create_dir(&generated).expect("mkdir");
-            std::fs::write(
-                generated.join("passwd"),
-                relay_session::layout::passwd(UID, GID),
-            )
-            .expect("write passwd");
-            std::fs::write(generated.join("group"), relay_session::layout::group(GID))
-                .expect("write group");
-            std::fs::write(generated.join("fixuid.ran"), "").expect("write marker");
-            Dirs {
-                _root: root,
-                workspace,
-                agent,
-                secrets,
-                generated,
-                secret_value,
-            }
-        }
-    }
-
-    fn set_mode(p: &Path, mode: u32) {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).expect("chmod");
-    }
-
-    /// One test's world: provider, resolved image, own instance label, host dirs and a guard
-    /// that removes every container carrying the instance label.
+    /// One test's world: provider, resolved image, own instance label, a state directory for
+    /// session files and a guard that removes every container carrying the instance label.
     #[derive(Debug)]
     pub struct Fixture {
         pub sandbox: DockerSandbox,
         pub image_id: String,
         pub instance: String,
-        pub dirs: Dirs,
+        /// Each sandbox's secret file holds this (plus a newline).
+        pub secret_value: String,
+        storage: HostStorage,
+        _state: tempfile::TempDir,
         guard: Cleanup,
     }
 
     impl Fixture {
         pub async fn new() -> Fixture {
-            let sandbox = connect().await;
-            let image_id = within("resolve image", sandbox.resolve_image(&image_ref()))
+            let state = tempfile::Builder::new()
+                .prefix("pi-relay-docker-test-")
+                .tempdir()
+                .expect("tempdir");
+            // As the relay running as root: session files are handed to the sandbox user.
+            let storage = HostStorage::new(state.path().to_path_buf(), true);
+            let sandbox = connect(storage.clone()).await;
+            let image_id = within("pin image", sandbox.pin_image(&image_ref()))
                 .await
                 .unwrap_or_else(|e| panic!("test image {} must be present: {e}", image_ref()));
             let instance = format!("test-{}", uuid::Uuid::new_v4());
@@ -168,7 +109,9 @@ mod helpers {
                 sandbox,
                 image_id,
                 instance,
-                dirs: Dirs::new(),
+                secret_value: format!("s3cr3t-{}", uuid::Uuid::new_v4().simple()),
+                storage,
+                _state: state,
             }
         }
 
@@ -176,66 +119,41 @@ mod helpers {
             vec![(LABEL_INSTANCE.to_owned(), self.instance.clone())]
         }
 
-        /// A full, relay-like spec with a fresh `pi-sandbox-<uuid>` name.
-        pub fn spec(&self, command: Vec<String>) -> SandboxSpec {
+        /// The relay's own spec for a new session (`relay_session::sandbox_spec`, default
+        /// environment) running `command`, with the session's files prepared and one secret.
+        pub async fn spec(&self, command: Vec<String>) -> SandboxSpec {
             let session = uuid::Uuid::new_v4().to_string();
-            let d = &self.dirs;
-            let path = |p: &PathBuf| p.to_str().expect("utf-8 path").to_owned();
-            SandboxSpec {
-                name: format!("pi-sandbox-{session}"),
-                image: self.image_id.clone(),
-                command,
-                env: vec![
-                    ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
-                    ("HOME".to_owned(), "/home/user".to_owned()),
-                ],
-                user: (UID, GID),
-                working_dir: "/workspace".to_owned(),
-                mounts: vec![
-                    Mount {
-                        host: path(&d.workspace),
-                        target: "/workspace".to_owned(),
-                        read_only: false,
-                    },
-                    Mount {
-                        host: path(&d.agent),
-                        target: "/data/agent".to_owned(),
-                        read_only: false,
-                    },
-                    Mount {
-                        host: path(&d.secrets),
-                        target: "/run/secrets".to_owned(),
-                        read_only: true,
-                    },
-                    Mount {
-                        host: path(&d.generated.join("passwd")),
-                        target: "/etc/passwd".to_owned(),
-                        read_only: true,
-                    },
-                    Mount {
-                        host: path(&d.generated.join("group")),
-                        target: "/etc/group".to_owned(),
-                        read_only: true,
-                    },
-                    Mount {
-                        host: path(&d.generated.join("fixuid.ran")),
-                        target: "/var/run/fixuid.ran".to_owned(),
-                        read_only: true,
-                    },
-                ],
-                tmpfs: vec![("/home/user".to_owned(), HOME_TMPFS_OPTS.to_owned())],
-                labels: BTreeMap::from([
-                    (LABEL_SESSION.to_owned(), session),
-                    (LABEL_INSTANCE.to_owned(), self.instance.clone()),
-                ]),
-                network: "none".to_owned(),
-                limits: Limits {
-                    memory_bytes: Some(512 * 1024 * 1024),
-                    nano_cpus: Some(1_000_000_000),
-                    pids: Some(128),
-                },
+            let cfg = relay_session::SessionConfig {
+                default_image: image_ref(),
+                sandbox_user: (UID, GID),
+                network: Network::None,
+                instance_id: self.instance.clone(),
                 hardened: true,
-            }
+                agent_template: None,
+                activate_timeout: Duration::from_secs(60),
+            };
+            let mut spec = relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone());
+            spec.command = command;
+            within("prepare files", self.storage.prepare(&session, (UID, GID)))
+                .await
+                .expect("prepare files");
+            let secret = SecretFile {
+                name: SECRET_FILE.to_owned(),
+                value: format!("{}\n", self.secret_value).into(),
+            };
+            within(
+                "write secrets",
+                self.storage
+                    .write_secrets(&session, (UID, GID), vec![secret]),
+            )
+            .await
+            .expect("write secrets");
+            spec
+        }
+
+        /// Where the session of `spec` has its files on the host.
+        pub fn layout(&self, spec: &SandboxSpec) -> HostLayout {
+            self.storage.layout(&spec.session_id)
         }
 
         pub async fn create(&self, spec: &SandboxSpec) -> SandboxId {
@@ -291,8 +209,10 @@ mod helpers {
             }
             let instance = self.instance.clone();
             let done = relay_testkit::block_on_own_thread(TIMEOUT, async move {
+                let storage = HostStorage::new(std::env::temp_dir(), false);
                 let Ok(sandbox) =
-                    DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref()).await
+                    DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage)
+                        .await
                 else {
                     return;
                 };
@@ -396,7 +316,7 @@ async fn wait_exit(fx: &Fixture, id: &SandboxId) -> i64 {
 #[tokio::test]
 async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardening() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh("true"));
+    let spec = fx.spec(sh("true")).await;
     let id = fx.create(&spec).await;
 
     let info = within("inspect", fx.sandbox.inspect(&id))
@@ -469,17 +389,14 @@ async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardenin
     );
     assert!(env.contains(&"HOME=/home/user".to_owned()), "{env:?}");
     for e in &env {
-        assert!(
-            !e.contains(&fx.dirs.secret_value),
-            "secret value in Env: {e}"
-        );
+        assert!(!e.contains(&fx.secret_value), "secret value in Env: {e}");
         assert!(
             !e.to_ascii_lowercase().starts_with(SECRET_FILE),
             "secret variable in Env: {e}"
         );
     }
     assert!(
-        !format!("{raw:?}").contains(&fx.dirs.secret_value),
+        !format!("{raw:?}").contains(&fx.secret_value),
         "secret value somewhere in docker inspect"
     );
 
@@ -491,10 +408,11 @@ async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardenin
         "{secopt:?}"
     );
     assert_eq!(hc.init, Some(true));
-    assert_eq!(hc.pids_limit, Some(128));
-    assert_eq!(hc.memory, Some(536_870_912));
-    assert_eq!(hc.memory_swap, Some(536_870_912));
-    assert_eq!(hc.nano_cpus, Some(1_000_000_000));
+    // The default environment's tier (medium).
+    assert_eq!(hc.pids_limit, Some(512));
+    assert_eq!(hc.memory, Some(2 << 30));
+    assert_eq!(hc.memory_swap, Some(2 << 30));
+    assert_eq!(hc.nano_cpus, Some(2_000_000_000));
     assert_eq!(hc.network_mode.as_deref(), Some("none"));
     assert_eq!(
         hc.tmpfs
@@ -520,11 +438,12 @@ async fn needs_docker_create_applies_name_labels_user_mounts_limits_and_hardenin
     assert_eq!(requested.len(), 6, "{requested:?}");
     let points = raw.mounts.clone().unwrap_or_default();
     assert_eq!(points.len(), 6, "{points:?}");
-    let generated = |name: &str| fx.dirs.generated.join(name);
+    let dirs = fx.layout(&spec);
+    let generated = |name: &str| dirs.generated.join(name);
     for (target, host, rw) in [
-        ("/workspace", &fx.dirs.workspace, true),
-        ("/data/agent", &fx.dirs.agent, true),
-        ("/run/secrets", &fx.dirs.secrets, false),
+        ("/workspace", &dirs.workspace, true),
+        ("/data/agent", &dirs.agent, true),
+        ("/run/secrets", &dirs.secrets, false),
         ("/etc/passwd", &generated("passwd"), false),
         ("/etc/group", &generated("group"), false),
         ("/var/run/fixuid.ran", &generated("fixuid.ran"), false),
@@ -566,7 +485,7 @@ async fn needs_docker_attached_run_shows_uid_files_readonly_secrets_stderr_and_e
         echo to-stderr >&2
         echo done
     "#;
-    let spec = fx.spec(sh(script));
+    let spec = fx.spec(sh(script)).await;
     let (id, mut io) = fx.run(&spec).await;
     let got = collect_output(&mut io, None).await;
     assert!(got.ended);
@@ -576,10 +495,10 @@ async fn needs_docker_attached_run_shows_uid_files_readonly_secrets_stderr_and_e
     let expected = format!(
         "uid=1234 gid=1234\nhome=/home/user\nsecret-len={}\nsecret=exported\n\
          wrote-workspace\nwrote-agent\nsecrets=readonly\nhome=writable\ndone\n",
-        fx.dirs.secret_value.len()
+        fx.secret_value.len()
     );
     assert_eq!(got.out(), expected);
-    assert!(!got.out().contains(&fx.dirs.secret_value));
+    assert!(!got.out().contains(&fx.secret_value));
     // stderr is its own channel: the touch error and our line, never mixed into stdout.
     assert!(got.stderr_chunks >= 1);
     assert!(got.err().contains("to-stderr\n"), "{:?}", got.err());
@@ -591,13 +510,14 @@ async fn needs_docker_attached_run_shows_uid_files_readonly_secrets_stderr_and_e
     assert!(!got.out().contains("to-stderr"));
 
     // The files exist on the host, owned by the sandbox uid.
-    let out = fx.dirs.workspace.join("out.txt");
+    let dirs = fx.layout(&spec);
+    let out = dirs.workspace.join("out.txt");
     assert_eq!(std::fs::read_to_string(&out).unwrap(), "hello\n");
     let meta = std::fs::metadata(&out).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 1234));
-    let meta = std::fs::metadata(fx.dirs.agent.join("state.json")).unwrap();
+    let meta = std::fs::metadata(dirs.agent.join("state.json")).unwrap();
     assert_eq!((meta.uid(), meta.gid()), (1234, 1234));
-    assert!(!fx.dirs.secrets.join("intruder").exists());
+    assert!(!dirs.secrets.join("intruder").exists());
 
     assert_eq!(
         inspect_status(&fx, &id).await,
@@ -605,7 +525,7 @@ async fn needs_docker_attached_run_shows_uid_files_readonly_secrets_stderr_and_e
     );
 
     // A non-zero exit: wait reports the code (bollard reports it as an error internally).
-    let spec3 = fx.spec(sh("echo before-exit; exit 3"));
+    let spec3 = fx.spec(sh("echo before-exit; exit 3")).await;
     let (id3, mut io3) = fx.run(&spec3).await;
     let got3 = collect_output(&mut io3, None).await;
     assert_eq!(got3.out(), "before-exit\n");
@@ -630,7 +550,7 @@ const ECHO_LOOP: &str = r#"while read l; do echo "got:$l"; done"#;
 #[tokio::test]
 async fn needs_docker_stdin_survives_dropping_and_renewing_the_attachment() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh(ECHO_LOOP));
+    let spec = fx.spec(sh(ECHO_LOOP)).await;
     let (id, mut io) = fx.run(&spec).await;
 
     send(&mut io, "one\ntwo\n").await;
@@ -680,7 +600,9 @@ async fn needs_docker_stdin_survives_dropping_and_renewing_the_attachment() {
 #[tokio::test]
 async fn needs_docker_output_chunks_are_frames_not_lines() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh(r"head -c 300000 /dev/zero | tr '\0' a; echo"));
+    let spec = fx
+        .spec(sh(r"head -c 300000 /dev/zero | tr '\0' a; echo"))
+        .await;
     let (id, mut io) = fx.run(&spec).await;
     let got = collect_output(&mut io, None).await;
     assert!(got.ended);
@@ -712,7 +634,7 @@ async fn needs_docker_output_chunks_are_frames_not_lines() {
 #[tokio::test]
 async fn needs_docker_paused_sandbox_answers_only_after_unpause() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh(ECHO_LOOP));
+    let spec = fx.spec(sh(ECHO_LOOP)).await;
     let (id, mut io) = fx.run(&spec).await;
     send(&mut io, "ping1\n").await;
     let got = collect_output(&mut io, Some("got:ping1\n")).await;
@@ -787,7 +709,7 @@ async fn needs_docker_stop_honours_the_grace_period_and_remove_is_idempotent() {
     let fx = Fixture::new().await;
 
     // Hardened: docker-init forwards SIGTERM to sleep, which dies at once (128 + 15).
-    let spec = fx.spec(sh("sleep 300"));
+    let spec = fx.spec(sh("sleep 300")).await;
     let (id, io) = fx.run(&spec).await;
     drop(io);
     assert_eq!(
@@ -816,7 +738,7 @@ async fn needs_docker_stop_honours_the_grace_period_and_remove_is_idempotent() {
     );
 
     // Not hardened, so sleep is PID 1 and ignores SIGTERM: killed after the grace period.
-    let mut spec = fx.spec(sh("exec sleep 300"));
+    let mut spec = fx.spec(sh("exec sleep 300")).await;
     spec.hardened = false;
     let (id2, io2) = fx.run(&spec).await;
     drop(io2);
@@ -845,7 +767,7 @@ async fn needs_docker_stop_honours_the_grace_period_and_remove_is_idempotent() {
     }
 
     // Removing a running sandbox stops it first.
-    let spec = fx.spec(sh("sleep 300"));
+    let spec = fx.spec(sh("sleep 300")).await;
     let (id3, io3) = fx.run(&spec).await;
     drop(io3);
     within("remove running", fx.sandbox.remove(&id3))
@@ -870,9 +792,9 @@ async fn needs_docker_errors_map_to_conflict_image_not_found_and_not_found() {
     let fx = Fixture::new().await;
 
     // Same name twice.
-    let spec = fx.spec(sh("true"));
+    let spec = fx.spec(sh("true")).await;
     let id = fx.create(&spec).await;
-    let mut dup = fx.spec(sh("true"));
+    let mut dup = fx.spec(sh("true")).await;
     dup.name = spec.name.clone();
     let err = within("create duplicate", fx.sandbox.create(&dup)).await;
     assert!(matches!(err, Err(SandboxError::Conflict(_))), "{err:?}");
@@ -883,22 +805,28 @@ async fn needs_docker_errors_map_to_conflict_image_not_found_and_not_found() {
 
     // Missing images, by reference and by id.
     let missing = format!("pi-relay/no-such-image:{}", uuid::Uuid::new_v4().simple());
-    let err = within("resolve missing image", fx.sandbox.resolve_image(&missing)).await;
-    assert!(
-        matches!(err, Err(SandboxError::ImageNotFound(_))),
-        "{err:?}"
-    );
-    let mut bad_image = fx.spec(sh("true"));
+    let err = within("pin missing image", fx.sandbox.pin_image(&missing)).await;
+    match err {
+        Err(SandboxError::ImageNotFound(m)) => assert_eq!(
+            m,
+            format!(
+                "Image '{missing}' is not present on the Docker host; build or pull it first \
+                 (pi-relay never pulls images)"
+            )
+        ),
+        other => panic!("{other:?}"),
+    }
+    let mut bad_image = fx.spec(sh("true")).await;
     bad_image.image = format!("sha256:{}", "0".repeat(64));
     let err = within("create with missing image", fx.sandbox.create(&bad_image)).await;
     assert!(
         matches!(err, Err(SandboxError::ImageNotFound(_))),
         "{err:?}"
     );
-    // resolve_image gives the id, and resolving the id again gives the same id.
-    let again = within("resolve by id", fx.sandbox.resolve_image(&fx.image_id))
+    // pin_image gives the id, and pinning the id again gives the same id.
+    let again = within("pin by id", fx.sandbox.pin_image(&fx.image_id))
         .await
-        .expect("resolve by id");
+        .expect("pin by id");
     assert_eq!(again, fx.image_id);
 
     // Unknown sandboxes, whatever their name looks like.
@@ -920,7 +848,7 @@ async fn needs_docker_errors_map_to_conflict_image_not_found_and_not_found() {
     // A command that does not exist. With an entrypoint script that execs its arguments the
     // engine starts the container and the shell's exec fails (127); an image whose entrypoint
     // is the command itself makes the start fail instead. Either way it is removable.
-    let spec_bad = fx.spec(vec!["/nonexistent-binary".to_owned()]);
+    let spec_bad = fx.spec(vec!["/nonexistent-binary".to_owned()]).await;
     let bad = fx.create(&spec_bad).await;
     let mut io = within("attach", fx.sandbox.attach(&bad))
         .await
@@ -969,7 +897,7 @@ async fn needs_docker_hardening_drops_capabilities_sets_no_new_privs_and_runs_in
     let cases = [(true, 1234), (false, 1234), (true, 0), (false, 0)];
     let mut results = Vec::new();
     for (hardened, uid) in cases {
-        let mut spec = fx.spec(sh(script));
+        let mut spec = fx.spec(sh(script)).await;
         spec.hardened = hardened;
         spec.user = (uid, uid);
         let (id, mut io) = fx.run(&spec).await;
@@ -1023,7 +951,8 @@ async fn needs_docker_hardening_drops_capabilities_sets_no_new_privs_and_runs_in
 
 #[tokio::test]
 async fn needs_docker_connect_accepts_socket_forms_and_reports_unreachable_engines() {
-    let sandbox = connect().await;
+    let storage = || relay_sandbox::host::HostStorage::new(std::env::temp_dir(), false);
+    let sandbox = connect(storage()).await;
     assert_eq!(sandbox.kind(), "docker");
     within("ping", sandbox.ping()).await.expect("ping");
 
@@ -1036,7 +965,7 @@ async fn needs_docker_connect_accepts_socket_forms_and_reports_unreachable_engin
     };
     if let Some(path) = socket {
         for form in [path.clone(), format!("unix://{path}")] {
-            let s = within("connect", DockerSandbox::connect(Some(&form)))
+            let s = within("connect", DockerSandbox::connect(Some(&form), storage()))
                 .await
                 .unwrap_or_else(|e| panic!("connect {form}: {e}"));
             within("ping", s.ping())
@@ -1049,7 +978,7 @@ async fn needs_docker_connect_accepts_socket_forms_and_reports_unreachable_engin
     let missing = dir.path().join("no-docker.sock");
     let err = within(
         "connect to a missing socket",
-        DockerSandbox::connect(Some(missing.to_str().unwrap())),
+        DockerSandbox::connect(Some(missing.to_str().unwrap()), storage()),
     )
     .await;
     assert!(matches!(err, Err(SandboxError::Unavailable(_))), "{err:?}");
@@ -1058,9 +987,11 @@ async fn needs_docker_connect_accepts_socket_forms_and_reports_unreachable_engin
 #[tokio::test]
 async fn needs_docker_stderr_arrives_as_stderr_chunks_in_order() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh(
-        "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2",
-    ));
+    let spec = fx
+        .spec(sh(
+            "echo out1; sleep 0.2; echo err1 >&2; sleep 0.2; echo out2",
+        ))
+        .await;
     let (id, mut io) = fx.run(&spec).await;
     let mut seq = Vec::new();
     let deadline = tokio::time::Instant::now() + TIMEOUT;
@@ -1089,7 +1020,7 @@ async fn needs_docker_stderr_arrives_as_stderr_chunks_in_order() {
 #[tokio::test]
 async fn needs_docker_exited_sandbox_can_be_started_again() {
     let fx = Fixture::new().await;
-    let spec = fx.spec(sh("echo run >> /workspace/runs; exit 5"));
+    let spec = fx.spec(sh("echo run >> /workspace/runs; exit 5")).await;
     let (id, mut io) = fx.run(&spec).await;
     collect_output(&mut io, None).await;
     assert_eq!(wait_exit(&fx, &id).await, 5);
@@ -1103,7 +1034,7 @@ async fn needs_docker_exited_sandbox_can_be_started_again() {
     collect_output(&mut io, None).await;
     assert_eq!(wait_exit(&fx, &id).await, 5);
     assert_eq!(
-        std::fs::read_to_string(fx.dirs.workspace.join("runs")).unwrap(),
+        std::fs::read_to_string(fx.layout(&spec).workspace.join("runs")).unwrap(),
         "run\nrun\n"
     );
     drop(io);

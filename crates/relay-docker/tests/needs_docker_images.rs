@@ -15,17 +15,18 @@
 //! Every container carries `pi-relay.instance=test-<uuid>` and is removed at the end (and by a
 //! drop guard if a test panics).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 use std::os::unix::fs::{MetadataExt, PermissionsExt, chown, symlink};
 use std::path::Path;
 use std::time::Duration;
 
+use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType};
 use futures_util::StreamExt;
 use relay_docker::DockerSandbox;
+use relay_sandbox::host::{HostLayout, HostStorage};
 use relay_sandbox::{
-    LABEL_INSTANCE, LABEL_SESSION, Limits, Mount, OutputChunk, Sandbox, SandboxSpec,
+    LABEL_INSTANCE, LABEL_SESSION, Network, OutputChunk, Sandbox, SandboxId, SessionStorage,
 };
-use relay_session::layout::{self, SessionLayout};
 
 const TIMEOUT: Duration = Duration::from_secs(60);
 /// The runtime ids of the sessions here (not the image's 1000).
@@ -67,20 +68,35 @@ impl Output {
 /// How a sandbox is set up.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Setup {
-    /// `--user` and the two data mounts only; the image's fixuid remaps.
+    /// As the seed runs it: `--user` and the session's directories only (created here through
+    /// the engine's API directly); the image's setuid fixuid remaps.
     Seed,
-    /// The relay's hardened sandbox, with its generated account files and marker.
+    /// The relay's own sandbox: `relay_session::sandbox_spec` created by the Docker provider,
+    /// hardened, with its generated account files and marker.
     Relay,
 }
 
-/// One test's world: provider, image, own instance label, and a state directory laid out as
-/// the relay lays it out.
+/// One sandbox to run: a session, who it runs as and what.
+#[derive(Clone, Debug)]
+struct Run {
+    setup: Setup,
+    session: String,
+    layout: HostLayout,
+    user: (u32, u32),
+    command: Vec<String>,
+    /// Whether `/run/secrets` is mounted (seed style only: the relay always mounts it).
+    secrets_mounted: bool,
+}
+
+/// One test's world: provider, image, own instance label, and session files kept by the
+/// provider's own storage (as the relay running as root keeps them).
 struct Fixture {
     sandbox: DockerSandbox,
+    storage: HostStorage,
     raw: bollard::Docker,
     image_id: String,
     instance: String,
-    state: tempfile::TempDir,
+    _state: tempfile::TempDir,
     armed: bool,
 }
 
@@ -94,109 +110,129 @@ impl std::fmt::Debug for Fixture {
 
 impl Fixture {
     async fn new() -> Fixture {
-        let sandbox = within(
-            "connect",
-            DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref()),
-        )
-        .await
-        .expect("a Docker engine must be running for these tests (scripts/docker-up.sh)");
-        let image_id = within("resolve image", sandbox.resolve_image(&image()))
-            .await
-            .unwrap_or_else(|e| panic!("test image {} must be present: {e}", image()));
-        let raw = bollard::Docker::connect_with_defaults().expect("bollard client");
-        let raw = within("negotiate", raw.negotiate_version())
-            .await
-            .expect("negotiate");
         let state = tempfile::Builder::new()
             .prefix("pi-relay-images-test-")
             .tempdir()
             .unwrap();
         std::fs::set_permissions(state.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let storage = HostStorage::new(state.path().to_path_buf(), true);
+        let sandbox = within(
+            "connect",
+            DockerSandbox::connect(
+                std::env::var("DOCKER_HOST").ok().as_deref(),
+                storage.clone(),
+            ),
+        )
+        .await
+        .expect("a Docker engine must be running for these tests (scripts/docker-up.sh)");
+        let image_id = within("pin image", sandbox.pin_image(&image()))
+            .await
+            .unwrap_or_else(|e| panic!("test image {} must be present: {e}", image()));
+        let raw = sandbox.engine().clone();
         Fixture {
             sandbox,
+            storage,
             raw,
             image_id,
             instance: format!("test-{}", uuid::Uuid::new_v4()),
-            state,
+            _state: state,
             armed: true,
         }
     }
 
-    /// A new session's host directories, prepared by the relay's own code (owned by `uid`).
-    fn session(&self, uid: u32) -> (String, SessionLayout) {
+    /// A new session's host directories, prepared by the provider's storage (owned by `uid`).
+    async fn session(&self, uid: u32) -> (String, HostLayout) {
         let id = uuid::Uuid::new_v4().to_string();
-        let l = SessionLayout::new(self.state.path(), &id);
-        l.prepare(uid, uid, true)
-            .expect("prepare the session layout (these tests need root)");
-        (id, l)
+        within("prepare", self.storage.prepare(&id, (uid, uid)))
+            .await
+            .expect("prepare the session's files (these tests need root)");
+        let layout = self.storage.layout(&id);
+        (id, layout)
     }
 
-    /// The sandbox of session `id` in `setup`, as `relay_session`'s `spec()` builds it for the
-    /// relay's setup (mounts, tmpfs home, env, hardening).
-    fn spec(
-        &self,
-        setup: Setup,
-        id: &str,
-        l: &SessionLayout,
-        uid: u32,
-        command: Vec<String>,
-    ) -> SandboxSpec {
-        let path = |p: &Path| p.to_str().expect("utf-8 path").to_owned();
-        let bind = |host: &Path, target: &str, read_only: bool| Mount {
-            host: path(host),
-            target: target.into(),
-            read_only,
-        };
-        let mut mounts = vec![
-            bind(&l.workspace, "/workspace", false),
-            bind(&l.agent, "/data/agent", false),
-            bind(&l.secrets, "/run/secrets", true),
-        ];
-        let mut env = vec![("PI_SESSION_ID".to_owned(), id.to_owned())];
-        let mut tmpfs = Vec::new();
-        if setup == Setup::Relay {
-            mounts.extend([
-                bind(&l.generated.join("passwd"), "/etc/passwd", true),
-                bind(&l.generated.join("group"), "/etc/group", true),
-                bind(&l.generated.join("fixuid.ran"), "/var/run/fixuid.ran", true),
-            ]);
-            env.extend([
-                ("PI_CODING_AGENT_DIR".to_owned(), "/data/agent".to_owned()),
-                ("HOME".to_owned(), "/home/user".to_owned()),
-            ]);
-            tmpfs.push((
-                "/home/user".to_owned(),
-                format!("uid={uid},gid={uid},mode=0700,exec,size=268435456"),
-            ));
-        }
-        SandboxSpec {
-            name: format!("pi-sandbox-{id}"),
-            image: self.image_id.clone(),
-            command,
-            env,
+    /// Session `id`'s sandbox in `setup`, run as `uid`.
+    fn spec(&self, setup: Setup, id: &str, l: &HostLayout, uid: u32, command: Vec<String>) -> Run {
+        Run {
+            setup,
+            session: id.to_owned(),
+            layout: l.clone(),
             user: (uid, uid),
-            working_dir: "/workspace".into(),
-            mounts,
-            tmpfs,
-            labels: BTreeMap::from([
-                (LABEL_SESSION.to_owned(), id.to_owned()),
-                (LABEL_INSTANCE.to_owned(), self.instance.clone()),
-            ]),
-            network: "none".into(),
-            limits: Limits {
-                memory_bytes: Some(2 * 1024 * 1024 * 1024),
-                nano_cpus: Some(2_000_000_000),
-                pids: Some(512),
-            },
-            hardened: setup == Setup::Relay,
+            command,
+            secrets_mounted: true,
+        }
+    }
+
+    /// Creates the sandbox of `run` (see [`Setup`]).
+    async fn create(&self, run: &Run) -> SandboxId {
+        match run.setup {
+            Setup::Relay => {
+                let cfg = relay_session::SessionConfig {
+                    default_image: image(),
+                    sandbox_user: run.user,
+                    network: Network::None,
+                    instance_id: self.instance.clone(),
+                    hardened: true,
+                    agent_template: None,
+                    activate_timeout: TIMEOUT,
+                };
+                let mut spec =
+                    relay_session::sandbox_spec(&cfg, &run.session, "{}", self.image_id.clone());
+                spec.command = run.command.clone();
+                within("create", self.sandbox.create(&spec))
+                    .await
+                    .unwrap_or_else(|e| panic!("create: {e}"))
+            }
+            Setup::Seed => {
+                let l = &run.layout;
+                let bind = |host: &Path, target: &str, read_only: bool| Mount {
+                    target: Some(target.into()),
+                    source: Some(host.to_str().expect("utf-8 path").into()),
+                    typ: Some(MountType::BIND),
+                    read_only: Some(read_only),
+                    ..Default::default()
+                };
+                let mut mounts = vec![
+                    bind(&l.workspace, "/workspace", false),
+                    bind(&l.agent, "/data/agent", false),
+                ];
+                if run.secrets_mounted {
+                    mounts.push(bind(&l.secrets, "/run/secrets", true));
+                }
+                let body = ContainerCreateBody {
+                    image: Some(self.image_id.clone()),
+                    cmd: Some(run.command.clone()),
+                    env: Some(vec![format!("PI_SESSION_ID={}", run.session)]),
+                    user: Some(format!("{}:{}", run.user.0, run.user.1)),
+                    working_dir: Some("/workspace".into()),
+                    labels: Some(HashMap::from([
+                        (LABEL_SESSION.to_owned(), run.session.clone()),
+                        (LABEL_INSTANCE.to_owned(), self.instance.clone()),
+                    ])),
+                    attach_stdin: Some(true),
+                    attach_stdout: Some(true),
+                    attach_stderr: Some(true),
+                    open_stdin: Some(true),
+                    host_config: Some(HostConfig {
+                        mounts: Some(mounts),
+                        network_mode: Some("none".into()),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                };
+                let options = bollard::query_parameters::CreateContainerOptionsBuilder::default()
+                    .name(&format!("pi-sandbox-{}", run.session))
+                    .build();
+                let created = within("create", self.raw.create_container(Some(options), body))
+                    .await
+                    .unwrap_or_else(|e| panic!("create: {e}"));
+                SandboxId(created.id)
+            }
         }
     }
 
     /// Creates, attaches, starts, reads everything until the process exits, inspects, removes.
-    async fn run(&self, spec: &SandboxSpec) -> Output {
-        let id = within("create", self.sandbox.create(spec))
-            .await
-            .unwrap_or_else(|e| panic!("create: {e}"));
+    async fn run(&self, run: &Run) -> Output {
+        let id = self.create(run).await;
         let mut io = within("attach", self.sandbox.attach(&id))
             .await
             .expect("attach");
@@ -257,7 +293,8 @@ impl Drop for Fixture {
         }
         let instance = self.instance.clone();
         relay_testkit::block_on_own_thread(TIMEOUT, async move {
-            if let Ok(s) = DockerSandbox::connect(None).await {
+            let storage = HostStorage::new(std::env::temp_dir(), false);
+            if let Ok(s) = DockerSandbox::connect(None, storage).await {
                 remove_instance(&s, &instance).await;
             }
         });
@@ -322,7 +359,7 @@ async fn needs_docker_images_image_config_has_pi_fixuid_user_1000_and_the_seed_e
 
     // Inside, as root (fixuid then changes nothing, so the image is seen as built): the files
     // the seed requires, and no marker (fixuid must remap on a first start).
-    let (id, l) = fx.session(UID);
+    let (id, l) = fx.session(UID).await;
     let script = r#"
         echo "passwd=$(grep '^user:' /etc/passwd)"
         echo "group=$(grep '^user:' /etc/group)"
@@ -376,7 +413,7 @@ async fn needs_docker_images_image_config_has_pi_fixuid_user_1000_and_the_seed_e
 
 /// The seed's own verification, extended: `--user 1234:1234` with host directories.
 async fn check_contract(fx: &Fixture, setup: Setup) {
-    let (id, l) = fx.session(UID);
+    let (id, l) = fx.session(UID).await;
     // A file from an earlier life of the session, owned by the image's uid (seed style only:
     // the relay creates everything as the sandbox uid).
     let old = l.workspace.join("from-image-uid");
@@ -422,7 +459,7 @@ async fn check_contract(fx: &Fixture, setup: Setup) {
             assert_eq!(owner(&old), (1000, 1000));
             assert_eq!(
                 std::fs::read_to_string(l.generated.join("passwd")).unwrap(),
-                layout::passwd(UID, UID)
+                relay_docker::passwd(UID, UID)
             );
             assert_eq!(out.field("nnp"), "NoNewPrivs:1");
             assert_eq!(out.field("pid1"), "docker-init");
@@ -519,14 +556,14 @@ async fn needs_docker_images_secret_files_become_exactly_the_expected_variables_
     let names: Vec<String> = secrets.iter().map(|(n, _)| n.to_uppercase()).collect();
     for setup in [Setup::Seed, Setup::Relay] {
         // Without secrets: the variables every sandbox has.
-        let (id, l) = fx.session(UID);
+        let (id, l) = fx.session(UID).await;
         let base = fx
             .run(&fx.spec(setup, &id, &l, UID, sh(&secrets_probe(&[]))))
             .await;
         assert_eq!(base.code, 0, "{base:?}");
         let base_names = names_in(&base);
 
-        let (id, l) = fx.session(UID);
+        let (id, l) = fx.session(UID).await;
         for (name, content) in &secrets {
             secret(&l.secrets, name, content, UID);
         }
@@ -568,7 +605,7 @@ async fn needs_docker_images_bad_secret_inputs_have_defined_outcomes_and_pi_stil
                  echo \"good=$GOOD\"; echo \"empty=[$EMPTY]\"; echo \"k8s=$K8S_TOKEN\"; \
                  echo \"pi_version=$(pi --version 2>&1)\"";
     let token = format!("LEAK{}", uuid::Uuid::new_v4().simple());
-    let (id, l) = fx.session(UID);
+    let (id, l) = fx.session(UID).await;
     let s = &l.secrets;
     secret(s, "good", b"fine\n", UID);
     secret(s, "empty", b"", UID);
@@ -625,19 +662,16 @@ async fn needs_docker_images_bad_secret_inputs_have_defined_outcomes_and_pi_stil
 async fn needs_docker_images_a_missing_empty_or_unreadable_secrets_directory() {
     let fx = Fixture::new().await;
     let probe = "echo \"pi_version=$(pi --version 2>&1)\"";
+    // Missing: no mount at /run/secrets at all (the relay always mounts it; an image run
+    // seed style may not have one). Nothing loaded, nothing said.
+    let (id, l) = fx.session(UID).await;
+    let mut spec = fx.spec(Setup::Seed, &id, &l, UID, sh(probe));
+    spec.secrets_mounted = false;
+    let out = fx.run(&spec).await;
+    assert_eq!((out.code, out.stderr.as_str()), (0, ""), "{out:?}");
     for setup in [Setup::Seed, Setup::Relay] {
-        // Missing: no mount at /run/secrets at all. Nothing loaded, nothing said.
-        let (id, l) = fx.session(UID);
-        let mut spec = fx.spec(setup, &id, &l, UID, sh(probe));
-        spec.mounts.retain(|m| m.target != "/run/secrets");
-        let out = fx.run(&spec).await;
-        assert_eq!(
-            (out.code, out.stderr.as_str()),
-            (0, ""),
-            "{setup:?}: {out:?}"
-        );
         // Empty (what the relay mounts for a session without secrets): the same.
-        let (id, l) = fx.session(UID);
+        let (id, l) = fx.session(UID).await;
         let out = fx.run(&fx.spec(setup, &id, &l, UID, sh(probe))).await;
         assert_eq!(
             (out.code, out.stderr.as_str()),
@@ -645,7 +679,7 @@ async fn needs_docker_images_a_missing_empty_or_unreadable_secrets_directory() {
             "{setup:?}: {out:?}"
         );
         // Unreadable by the sandbox user (owned by root, 0700): one warning, pi still starts.
-        let (id, l) = fx.session(UID);
+        let (id, l) = fx.session(UID).await;
         secret(&l.secrets, "token", b"v", UID);
         chown(&l.secrets, Some(0), Some(0)).unwrap();
         let out = fx.run(&fx.spec(setup, &id, &l, UID, sh(probe))).await;
@@ -666,7 +700,7 @@ async fn needs_docker_images_a_runtime_uid_that_belongs_to_another_account() {
     let probe = "echo \"whoami=$(whoami)\"; echo \"home=$HOME\"; \
                  echo \"passwd=$(grep -E '^(user|nobody):' /etc/passwd | tr '\\n' ' ')\"";
     // Seed style: fixuid keeps `nobody` (as the original does) and says so, even with -q.
-    let (id, l) = fx.session(65534);
+    let (id, l) = fx.session(65534).await;
     let out = fx
         .run(&fx.spec(Setup::Seed, &id, &l, 65534, sh(probe)))
         .await;
@@ -679,7 +713,7 @@ async fn needs_docker_images_a_runtime_uid_that_belongs_to_another_account() {
     );
     // The relay's setup: its generated passwd lists `user` before `nobody`, so the uid is
     // `user` to every tool, and fixuid (marker) says nothing.
-    let (id, l) = fx.session(65534);
+    let (id, l) = fx.session(65534).await;
     let out = fx
         .run(&fx.spec(Setup::Relay, &id, &l, 65534, sh(probe)))
         .await;
@@ -695,7 +729,7 @@ async fn needs_docker_images_uid_zero_runs_as_root_and_changes_nothing() {
     let fx = Fixture::new().await;
     // The relay refuses uid 0 (`--sandbox-uid 0` is a configuration error); the image's own
     // behaviour for `docker run --user 0` is defined all the same.
-    let (id, l) = fx.session(UID);
+    let (id, l) = fx.session(UID).await;
     let old = l.workspace.join("from-image-uid");
     std::fs::write(&old, "x").unwrap();
     chown(&old, Some(1000), Some(1000)).unwrap();

@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::sync::{Mutex, mpsc};
 use tokio_util::sync::CancellationToken;
 
+use crate::clock::Clock;
 use crate::lines::LineSplitter;
 use crate::protocol::{self, CommandHead, Skip};
 use crate::{ClientPrefs, HubObserver};
@@ -99,6 +100,7 @@ pub struct Hub {
     logs: StdMutex<VecDeque<String>>,
     next_conn: AtomicU64,
     cancel: CancellationToken,
+    clock: Clock,
 }
 
 /// What a hub reports about itself.
@@ -128,6 +130,7 @@ impl Hub {
         prefs: Arc<ClientPrefs>,
         initial_seq: u64,
         cancel: CancellationToken,
+        clock: Clock,
     ) -> Arc<Hub> {
         Arc::new(Hub {
             session_id: Arc::from(session_id),
@@ -136,12 +139,13 @@ impl Hub {
             prefs,
             state: Mutex::new(HubState {
                 seq: initial_seq,
-                last_activity: Some(tokio::time::Instant::now()),
+                last_activity: Some(clock.now()),
                 ..Default::default()
             }),
             logs: StdMutex::new(VecDeque::new()),
             next_conn: AtomicU64::new(1),
             cancel,
+            clock,
         })
     }
 
@@ -310,7 +314,7 @@ impl Hub {
             });
             frames.push((payload, ty == "extension_ui_request"));
         }
-        st.last_activity = Some(tokio::time::Instant::now());
+        st.last_activity = Some(self.clock.now());
         if let Err(e) = self.store.append_batch(entries, cursor).await {
             tracing::error!(session = %self.session_id, error = %e, "journal write failed");
         }
@@ -362,7 +366,7 @@ impl Hub {
             },
         );
         st.last_disconnected_at = None;
-        st.last_activity = Some(tokio::time::Instant::now());
+        st.last_activity = Some(self.clock.now());
         self.elect(&mut st);
         ClientConn {
             hub: self.clone(),
@@ -384,7 +388,7 @@ impl Hub {
         if st.last_writer == Some(conn_id) {
             st.last_writer = None;
         }
-        let now = tokio::time::Instant::now();
+        let now = self.clock.now();
         st.last_activity = Some(now);
         if st.clients.is_empty() {
             st.last_disconnected_at = Some(now);
@@ -460,7 +464,7 @@ impl Hub {
                 return;
             };
             let capable = client.extension_ui;
-            st.last_activity = Some(tokio::time::Instant::now());
+            st.last_activity = Some(self.clock.now());
             if matches!(ty, "prompt" | "steer" | "follow_up") && capable {
                 st.last_writer = Some(conn_id);
                 self.elect(&mut st);
@@ -542,7 +546,7 @@ impl Hub {
     /// Records activity now (a client activated the session), so the idle reaper counts its
     /// timeout from here, not from the last time pi or a client did something.
     pub async fn touch(&self) {
-        self.state.lock().await.last_activity = Some(tokio::time::Instant::now());
+        self.state.lock().await.last_activity = Some(self.clock.now());
     }
 
     /// A snapshot of the hub's state.
@@ -553,7 +557,7 @@ impl Hub {
             attached: st.stdin.is_some(),
             running_tools: st.running_tools.len(),
             agent_running: st.agent_running,
-            last_activity: st.last_activity.unwrap_or_else(tokio::time::Instant::now),
+            last_activity: st.last_activity.unwrap_or_else(|| self.clock.now()),
             seq: st.seq,
             last_disconnected_at: st.last_disconnected_at,
         }

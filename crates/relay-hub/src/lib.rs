@@ -2,6 +2,7 @@
 //! protocol messages, and one [`Hub`] per session that journals every pi line and fans it out.
 //! [`Hubs`] is the registry of hubs; the session layer creates a hub when it starts a sandbox.
 
+pub mod clock;
 pub mod hub;
 pub mod lines;
 pub mod protocol;
@@ -13,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use relay_store::Store;
 use tokio_util::sync::CancellationToken;
 
+pub use clock::Clock;
 pub use hub::{ClientConn, ConnId, Hub, HubStatus, Outbound, Replay};
 
 /// What a hub tells the session layer. Implementations must not block: they are called from
@@ -75,6 +77,7 @@ pub struct Hubs {
     prefs: Arc<ClientPrefs>,
     hubs: Mutex<HashMap<String, Arc<Hub>>>,
     cancel: CancellationToken,
+    clock: Clock,
 }
 
 impl fmt::Debug for Hubs {
@@ -85,14 +88,26 @@ impl fmt::Debug for Hubs {
 
 impl Hubs {
     /// An empty registry. Cancelling `cancel` stops every hub's reader (sandboxes keep running).
-    pub fn new(store: Store, observer: Arc<dyn HubObserver>, cancel: CancellationToken) -> Hubs {
+    /// Hubs measure activity with `clock`.
+    pub fn new(
+        store: Store,
+        observer: Arc<dyn HubObserver>,
+        cancel: CancellationToken,
+        clock: Clock,
+    ) -> Hubs {
         Hubs {
             store,
             observer,
             prefs: Arc::default(),
             hubs: Mutex::default(),
             cancel,
+            clock,
         }
+    }
+
+    /// The clock hubs measure activity with.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Hub>>> {
@@ -120,6 +135,7 @@ impl Hubs {
             self.prefs.clone(),
             seq,
             self.cancel.child_token(),
+            self.clock.clone(),
         );
         Ok(self
             .map()

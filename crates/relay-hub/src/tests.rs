@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use relay_sandbox::fake::FakeSandbox;
+use relay_sandbox::host::HostStorage;
 use relay_sandbox::{Limits, Sandbox, SandboxSpec};
 use relay_store::Store;
 use tokio_util::sync::CancellationToken;
@@ -43,18 +44,25 @@ async fn setup() -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("db")).unwrap();
     let recorder = Arc::new(Recorder::default());
-    let hubs = Hubs::new(store.clone(), recorder.clone(), CancellationToken::new());
+    let hubs = Hubs::new(
+        store.clone(),
+        recorder.clone(),
+        CancellationToken::new(),
+        crate::Clock::default(),
+    );
+    let fake = FakeSandbox::new(HostStorage::new(dir.path().join("state"), false));
     Setup {
         _dir: dir,
         store,
         hubs,
-        fake: FakeSandbox::new(),
+        fake,
         recorder,
     }
 }
 
 fn spec(name: &str) -> SandboxSpec {
     SandboxSpec {
+        session_id: name.into(),
         name: name.into(),
         image: "img".into(),
         command: vec![
@@ -67,10 +75,8 @@ fn spec(name: &str) -> SandboxSpec {
         env: vec![],
         user: (1000, 1000),
         working_dir: "/workspace".into(),
-        mounts: vec![],
-        tmpfs: vec![],
         labels: Default::default(),
-        network: "none".into(),
+        network: relay_sandbox::Network::None,
         limits: Limits::default(),
         hardened: true,
     }
@@ -78,6 +84,11 @@ fn spec(name: &str) -> SandboxSpec {
 
 /// A hub attached to a started fake pi.
 async fn running_hub(s: &Setup, session: &str) -> (Arc<Hub>, relay_sandbox::SandboxId) {
+    s.fake
+        .storage()
+        .prepare(session, (1000, 1000))
+        .await
+        .unwrap();
     let id = s.fake.create(&spec(session)).await.unwrap();
     let hub = s.hubs.get_or_create(session).await.unwrap();
     hub.attach(s.fake.attach(&id).await.unwrap(), 0, Bytes::new())

@@ -3,7 +3,9 @@
 //! to the current attachment (and waits for it to read), stdin survives re-attachment, a paused
 //! sandbox neither reads nor writes, and the output stream ends when the process exits. It also
 //! records every spec it was given and can be told to fail, so tests can check what the relay
-//! asked for and how it copes.
+//! asked for and how it copes. Its capabilities can be narrowed ([`FakeSandbox::with_capabilities`])
+//! to exercise the session layer on providers that cannot pause or keep less output history.
+//! Session files are kept in host directories ([`HostStorage`]), as Docker keeps them.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -15,9 +17,10 @@ use futures_util::StreamExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::sync::{mpsc, watch};
 
+use crate::host::HostStorage;
 use crate::{
-    ImageInfo, OutputChunk, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
-    SandboxStatus,
+    Capabilities, ImageInfo, OutputChunk, OutputHistory, Sandbox, SandboxError, SandboxId,
+    SandboxInfo, SandboxIo, SandboxSpec, SandboxStatus, SessionStorage,
 };
 
 /// How many output chunks an attachment buffers before the fake process waits for the reader.
@@ -53,10 +56,19 @@ pub enum FakeOp {
 }
 
 /// The fake provider. Cheap to clone; clones share state.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct FakeSandbox {
     inner: Arc<Mutex<State>>,
+    storage: HostStorage,
+    capabilities: Capabilities,
 }
+
+/// What Docker can do, which the fake does by default.
+pub const DOCKER_LIKE: Capabilities = Capabilities {
+    pause: true,
+    output_history: OutputHistory::SinceCreation,
+    image_listing: true,
+};
 
 impl State {
     /// Like Docker, a sandbox can be named by its id or its name.
@@ -83,9 +95,27 @@ struct State {
 }
 
 impl FakeSandbox {
-    /// A provider with no sandboxes.
-    pub fn new() -> FakeSandbox {
-        FakeSandbox::default()
+    /// A provider with no sandboxes, keeping session files in `storage`, able to do what Docker
+    /// does.
+    pub fn new(storage: HostStorage) -> FakeSandbox {
+        FakeSandbox {
+            inner: Arc::default(),
+            storage,
+            capabilities: DOCKER_LIKE,
+        }
+    }
+
+    /// The same provider, declaring (and keeping to) `capabilities`.
+    pub fn with_capabilities(mut self, capabilities: Capabilities) -> FakeSandbox {
+        self.capabilities = capabilities;
+        self
+    }
+
+    fn unsupported(&self, operation: &'static str) -> SandboxError {
+        SandboxError::Unsupported {
+            provider: self.kind(),
+            operation,
+        }
     }
 
     /// Makes the next call of `op` fail with a runtime error carrying `message`.
@@ -311,23 +341,37 @@ impl tokio::io::AsyncWrite for FakeStdin {
 
 #[async_trait]
 impl Sandbox for FakeSandbox {
+    /// Named like the Docker provider, so environments of type `docker` run on it.
     fn kind(&self) -> &'static str {
         "docker"
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        self.capabilities
+    }
+
+    fn storage(&self) -> &dyn SessionStorage {
+        &self.storage
     }
 
     async fn ping(&self) -> Result<(), SandboxError> {
         Ok(())
     }
 
-    async fn resolve_image(&self, image: &str) -> Result<String, SandboxError> {
+    async fn pin_image(&self, image: &str) -> Result<String, SandboxError> {
         self.take_failure(FakeOp::ResolveImage)?;
         if image.contains("missing") {
-            return Err(SandboxError::ImageNotFound(image.to_owned()));
+            return Err(SandboxError::ImageNotFound(format!(
+                "Image '{image}' is not present on the fake provider"
+            )));
         }
         Ok(format!("sha256:fake-{image}"))
     }
 
     async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError> {
+        if !self.capabilities.image_listing {
+            return Err(self.unsupported("list images"));
+        }
         Ok(self
             .lock()
             .images
@@ -339,6 +383,13 @@ impl Sandbox for FakeSandbox {
 
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, SandboxError> {
         self.take_failure(FakeOp::Create)?;
+        // Like a bind mount of a missing directory in Docker: the files must be prepared first.
+        if !self.storage.layout(&spec.session_id).workspace.is_dir() {
+            return Err(SandboxError::InvalidState(format!(
+                "the files of session {} are not prepared",
+                spec.session_id
+            )));
+        }
         let mut state = self.lock();
         if state.containers.values().any(|c| c.spec.name == spec.name) {
             return Err(SandboxError::Conflict(spec.name.clone()));
@@ -393,10 +444,15 @@ impl Sandbox for FakeSandbox {
 
     async fn start(&self, id: &SandboxId) -> Result<(), SandboxError> {
         self.take_failure(FakeOp::Start)?;
+        let history = self.capabilities.output_history;
         self.with(id, |c| {
             match c.status.borrow().0 {
                 SandboxStatus::Running | SandboxStatus::Paused => return Ok(()),
                 SandboxStatus::Created | SandboxStatus::Exited => {}
+            }
+            if history == OutputHistory::SinceStart {
+                // A provider that keeps only the latest run's output.
+                c.log.lock().unwrap_or_else(|p| p.into_inner()).clear();
             }
             c.status.send_replace((SandboxStatus::Running, None));
             spawn_process(c);
@@ -405,6 +461,9 @@ impl Sandbox for FakeSandbox {
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        if !self.capabilities.pause {
+            return Err(self.unsupported("pause"));
+        }
         self.with(id, |c| {
             if c.status.borrow().0 != SandboxStatus::Running {
                 return Err(SandboxError::InvalidState(
@@ -418,6 +477,9 @@ impl Sandbox for FakeSandbox {
     }
 
     async fn unpause(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        if !self.capabilities.pause {
+            return Err(self.unsupported("unpause"));
+        }
         self.with(id, |c| {
             if c.status.borrow().0 != SandboxStatus::Paused {
                 return Err(SandboxError::InvalidState("container is not paused".into()));
@@ -470,7 +532,10 @@ impl Sandbox for FakeSandbox {
         Ok(out)
     }
 
-    async fn stdout_log(&self, id: &SandboxId) -> Result<crate::OutputStream, SandboxError> {
+    async fn stdout_history(&self, id: &SandboxId) -> Result<crate::OutputStream, SandboxError> {
+        if self.capabilities.output_history == OutputHistory::None {
+            return Err(self.unsupported("output history"));
+        }
         let log = self.with(id, |c| {
             Ok(c.log.lock().unwrap_or_else(|p| p.into_inner()).clone())
         })?;

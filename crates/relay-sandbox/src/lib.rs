@@ -1,27 +1,43 @@
-//! The sandbox provider contract: what the relay asks of a container runtime, in the relay's own
-//! types. Docker is the first provider (`relay-docker`); the in-memory [`fake`] provider (feature
-//! `fake`) serves tests. Nothing here knows about a particular runtime's API.
+//! The sandbox provider contract: what the relay asks of a runtime that runs sessions' sandboxes,
+//! in the relay's own types. A provider runs sandboxes ([`Sandbox`]), keeps each session's files
+//! (its workspace, pi's agent directory and its secrets, see [`SessionStorage`]) and declares what
+//! it can do ([`Capabilities`]), so the session layer adapts without knowing which runtime it is.
+//! Docker is the first provider (`relay-docker`); the in-memory [`fake`] provider (feature `fake`)
+//! serves tests; [`host`] keeps session files in host directories for providers that bind-mount
+//! them. Nothing here knows a particular runtime's API.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::pin::Pin;
+use std::str::FromStr;
 use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::BoxStream;
+use secrecy::SecretString;
 use tokio::io::AsyncWrite;
 
 #[cfg(feature = "fake")]
 pub mod fake;
+pub mod host;
 
-/// Label carrying the session id on every container the relay creates.
+/// Label carrying the session id on every sandbox the relay creates.
 pub const LABEL_SESSION: &str = "pi-relay.session";
 /// Label carrying the relay instance id, so a relay finds what it owns after a restart.
 pub const LABEL_INSTANCE: &str = "pi-relay.instance";
 /// Label carried by the sandbox images this repository builds (`images/*/build.sh`): the hash
 /// of what they were built from.
 pub const LABEL_BUILD_HASH: &str = "pi-relay.build-hash";
+
+/// Where a sandbox sees the session's workspace (read-write; the repository clone).
+pub const WORKSPACE_PATH: &str = "/workspace";
+/// Where a sandbox sees pi's agent directory (read-write; `PI_CODING_AGENT_DIR`).
+pub const AGENT_PATH: &str = "/data/agent";
+/// Where a sandbox sees its secrets, one file per secret (read-only).
+pub const SECRETS_PATH: &str = "/run/secrets";
+/// The sandbox user's home: private and writable, whatever uid the sandbox runs as.
+pub const HOME_PATH: &str = "/home/user";
 
 /// The runtime's own id of a sandbox (a Docker container id).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -40,21 +56,36 @@ impl fmt::Display for SandboxId {
     }
 }
 
-/// A host directory or file made visible inside the sandbox.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mount {
-    /// Absolute path on the host.
-    pub host: String,
-    /// Absolute path inside the sandbox.
-    pub target: String,
-    /// Mounted read-only.
-    pub read_only: bool,
+/// What a provider can do. The session layer reads it once and adapts: it never asks a provider
+/// for something it has not declared.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Capabilities {
+    /// Freezes a running sandbox with its processes in memory ([`Sandbox::pause`],
+    /// [`Sandbox::unpause`]). Without it, an idle session's sandbox is stopped, and activate
+    /// starts it again (pi, started with the session's id, continues the same conversation).
+    pub pause: bool,
+    /// How much of a sandbox's stdout [`Sandbox::stdout_history`] gives back.
+    pub output_history: OutputHistory,
+    /// Lists the sandbox images it holds ([`Sandbox::list_images`]).
+    pub image_listing: bool,
+}
+
+/// How much of what a sandbox printed its provider keeps, for recovering output printed while
+/// the relay was not attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputHistory {
+    /// Everything since the sandbox was created, across restarts (Docker's log).
+    SinceCreation,
+    /// Everything since the sandbox's latest start (a restarted process starts a new log).
+    SinceStart,
+    /// Nothing: output printed while nobody was attached is lost.
+    None,
 }
 
 /// Resource limits applied to one sandbox.
 #[derive(Clone, Debug, PartialEq, Eq, Default)]
 pub struct Limits {
-    /// Memory limit in bytes (swap is capped at the same value: no extra swap).
+    /// Memory limit in bytes (no swap on top of it).
     pub memory_bytes: Option<i64>,
     /// CPU quota in units of 1e-9 CPUs.
     pub nano_cpus: Option<i64>,
@@ -62,13 +93,73 @@ pub struct Limits {
     pub pids: Option<i64>,
 }
 
-/// Everything needed to create a sandbox. Secrets never travel in here: they reach the sandbox
-/// as files through a read-only mount.
+/// The network a sandbox is attached to.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Network {
+    /// No network at all (loopback only).
+    None,
+    /// The provider's default network (Docker's `bridge`).
+    Default,
+    /// The host's network namespace.
+    Host,
+    /// A network the operator created on the provider, by name.
+    Named(String),
+}
+
+impl Network {
+    /// The name clients and configuration use: `none`, `bridge`, `host` or the network's name.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Network::None => "none",
+            Network::Default => "bridge",
+            Network::Host => "host",
+            Network::Named(n) => n,
+        }
+    }
+}
+
+impl fmt::Display for Network {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A network name that is empty or not a plain name.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("invalid network {0:?}: use none, bridge, host or the name of an existing network")]
+pub struct InvalidNetwork(pub String);
+
+impl FromStr for Network {
+    type Err = InvalidNetwork;
+    fn from_str(s: &str) -> Result<Network, InvalidNetwork> {
+        Ok(match s {
+            "none" => Network::None,
+            "bridge" | "default" => Network::Default,
+            "host" => Network::Host,
+            name if name.len() <= 128
+                && name.starts_with(|c: char| c.is_ascii_alphanumeric())
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_.-".contains(&b)) =>
+            {
+                Network::Named(name.to_owned())
+            }
+            other => return Err(InvalidNetwork(other.to_owned())),
+        })
+    }
+}
+
+/// Everything needed to create a session's sandbox. The provider adds the session's files itself
+/// ([`SessionStorage`]): the workspace at [`WORKSPACE_PATH`], pi's agent directory at
+/// [`AGENT_PATH`], the secrets at [`SECRETS_PATH`] (read-only) and a writable [`HOME_PATH`].
+/// Secrets never travel in here.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxSpec {
+    /// The session the sandbox belongs to; its files are found by this id.
+    pub session_id: String,
     /// Deterministic name (`pi-sandbox-<sessionId>`).
     pub name: String,
-    /// Image reference, preferably an image id so that nothing is pulled on the hot path.
+    /// Image, as pinned by [`Sandbox::pin_image`].
     pub image: String,
     /// Command run by the image's entrypoint.
     pub command: Vec<String>,
@@ -78,14 +169,10 @@ pub struct SandboxSpec {
     pub user: (u32, u32),
     /// Working directory inside the sandbox.
     pub working_dir: String,
-    /// Bind mounts.
-    pub mounts: Vec<Mount>,
-    /// tmpfs mounts: target path and mount options.
-    pub tmpfs: Vec<(String, String)>,
     /// Labels identifying the owner.
     pub labels: BTreeMap<String, String>,
-    /// Network mode (`bridge`, `host`, `none`, or a named network).
-    pub network: String,
+    /// The network it is attached to.
+    pub network: Network,
     /// Resource limits.
     pub limits: Limits,
     /// Drop all capabilities, forbid privilege escalation, run an init process.
@@ -99,22 +186,10 @@ pub enum SandboxStatus {
     Created,
     /// Its main process runs.
     Running,
-    /// Frozen; processes kept in memory.
+    /// Frozen; processes kept in memory (only with [`Capabilities::pause`]).
     Paused,
     /// Its main process has exited.
     Exited,
-}
-
-impl SandboxStatus {
-    /// The protocol's name for this status (`sandbox_status` messages, `GET .../sandbox`).
-    pub fn as_protocol_str(self) -> &'static str {
-        match self {
-            SandboxStatus::Created => "creating",
-            SandboxStatus::Running => "running",
-            SandboxStatus::Paused => "paused",
-            SandboxStatus::Exited => "stopped",
-        }
-    }
 }
 
 /// What the runtime knows about one sandbox.
@@ -122,7 +197,7 @@ impl SandboxStatus {
 pub struct SandboxInfo {
     /// Runtime id.
     pub id: SandboxId,
-    /// Name without a leading slash.
+    /// Name.
     pub name: String,
     /// Current status.
     pub status: SandboxStatus,
@@ -134,7 +209,7 @@ pub struct SandboxInfo {
     pub labels: BTreeMap<String, String>,
 }
 
-/// An image present on the runtime's host.
+/// An image the provider holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ImageInfo {
     /// Image id (`sha256:…`).
@@ -172,6 +247,36 @@ impl fmt::Debug for SandboxIo {
     }
 }
 
+/// One file of a sandbox's secrets directory: its name (the lower-case variable name, which the
+/// image's entrypoint exports upper-cased) and its value.
+#[derive(Clone, Debug)]
+pub struct SecretFile {
+    /// File name: letters, digits and `_` only.
+    pub name: String,
+    /// Content, byte for byte.
+    pub value: SecretString,
+}
+
+/// A file for pi's agent directory (`models.json`, `settings.json`, an extension's file).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentFile {
+    /// Path relative to the agent directory, without `..` or a leading `/`.
+    pub path: std::path::PathBuf,
+    /// Content.
+    pub content: Bytes,
+}
+
+/// Which files of a session a provider keeps, as listed by [`SessionStorage::sessions`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredSession {
+    /// The session's id.
+    pub session_id: String,
+    /// Its workspace and agent directory exist.
+    pub files: bool,
+    /// Its secrets exist.
+    pub secrets: bool,
+}
+
 /// Errors of sandbox providers.
 #[derive(Debug, thiserror::Error)]
 pub enum SandboxError {
@@ -187,39 +292,97 @@ pub enum SandboxError {
     /// The operation does not fit the sandbox's current state (e.g. pausing a stopped one).
     #[error("invalid sandbox state: {0}")]
     InvalidState(String),
+    /// The provider does not offer this operation (see [`Capabilities`]).
+    #[error("not supported by the {provider} provider: {operation}")]
+    Unsupported {
+        /// The provider's kind.
+        provider: &'static str,
+        /// What was asked.
+        operation: &'static str,
+    },
     /// The runtime cannot be reached.
     #[error("sandbox runtime unavailable: {0}")]
     Unavailable(String),
     /// Any other error the runtime reported.
     #[error("sandbox runtime error: {0}")]
     Runtime(String),
+    /// A session's files could not be written or removed.
+    #[error("session files of {session}: {source}")]
+    Storage {
+        /// The session.
+        session: String,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
 }
 
-/// The operations the relay needs from a container runtime. Implementations must be idempotent
+/// Keeps each session's files where its sandboxes see them: the workspace, pi's agent directory
+/// and the secrets. Existing content survives sandboxes being recreated; only
+/// [`SessionStorage::remove`] deletes it.
+#[async_trait]
+pub trait SessionStorage: Send + Sync + fmt::Debug {
+    /// Makes the session's workspace, agent directory and (empty) secrets exist, usable by
+    /// `user`; keeps what they hold.
+    async fn prepare(&self, session: &str, user: (u32, u32)) -> Result<(), SandboxError>;
+    /// Adds `files` to the agent directory where no file of that name exists yet (pi may have
+    /// changed its own copy).
+    async fn seed_agent_files(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        files: Vec<AgentFile>,
+    ) -> Result<(), SandboxError>;
+    /// Makes the secrets hold exactly `files`, readable only by `user`. A sandbox starting
+    /// meanwhile never reads half a value.
+    async fn write_secrets(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        files: Vec<SecretFile>,
+    ) -> Result<(), SandboxError>;
+    /// Whether the session's secrets exist (they are removed on archive).
+    async fn has_secrets(&self, session: &str) -> Result<bool, SandboxError>;
+    /// Removes the session's secrets (archive). Removing missing ones succeeds.
+    async fn remove_secrets(&self, session: &str) -> Result<(), SandboxError>;
+    /// Removes everything the session has (delete). Removing a missing session succeeds.
+    async fn remove(&self, session: &str) -> Result<(), SandboxError>;
+    /// Every session with files here, so files of sessions that are gone can be removed.
+    async fn sessions(&self) -> Result<Vec<StoredSession>, SandboxError>;
+}
+
+/// The operations the relay needs from a sandbox runtime. Implementations must be idempotent
 /// where the runtime allows it (removing a missing sandbox succeeds).
 #[async_trait]
 pub trait Sandbox: Send + Sync + fmt::Debug {
-    /// Short provider name stored with sessions (`docker`).
+    /// Short provider name, stored with sessions and named by environments (`docker`).
     fn kind(&self) -> &'static str;
+    /// What this provider can do.
+    fn capabilities(&self) -> Capabilities;
+    /// Where sessions' files are kept.
+    fn storage(&self) -> &dyn SessionStorage;
     /// Checks that the runtime answers.
     async fn ping(&self) -> Result<(), SandboxError>;
-    /// Resolves an image reference to the id of an image present locally; never pulls.
-    async fn resolve_image(&self, image: &str) -> Result<String, SandboxError>;
-    /// Lists the images present locally that carry the label `label` (any value).
+    /// Resolves an image reference to the immutable id sandboxes are created from, so a session
+    /// runs exactly the image that was resolved, and starting one costs no lookup.
+    async fn pin_image(&self, image: &str) -> Result<String, SandboxError>;
+    /// Lists the images carrying the label `label` (any value); only with
+    /// [`Capabilities::image_listing`].
     async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError>;
-    /// Creates (but does not start) a sandbox.
+    /// Creates (but does not start) a sandbox, with the session's files (prepared first).
     async fn create(&self, spec: &SandboxSpec) -> Result<SandboxId, SandboxError>;
     /// Attaches to stdio. Attach before [`Sandbox::start`] to see everything the process prints.
     async fn attach(&self, id: &SandboxId) -> Result<SandboxIo, SandboxError>;
     /// Starts a created or exited sandbox.
     async fn start(&self, id: &SandboxId) -> Result<(), SandboxError>;
-    /// Freezes a running sandbox.
+    /// Freezes a running sandbox (only with [`Capabilities::pause`]).
     async fn pause(&self, id: &SandboxId) -> Result<(), SandboxError>;
-    /// Thaws a paused sandbox.
+    /// Thaws a paused sandbox (only with [`Capabilities::pause`]).
     async fn unpause(&self, id: &SandboxId) -> Result<(), SandboxError>;
     /// Asks the main process to stop, killing it after `grace`.
     async fn stop(&self, id: &SandboxId, grace: Duration) -> Result<(), SandboxError>;
-    /// Removes a sandbox, stopping it first if needed. Removing a missing sandbox succeeds.
+    /// Removes a sandbox, stopping it first if needed. Removing a missing sandbox succeeds. The
+    /// session's files stay.
     async fn remove(&self, id: &SandboxId) -> Result<(), SandboxError>;
     /// Reads a sandbox's current state from the runtime.
     async fn inspect(&self, id: &SandboxId) -> Result<SandboxInfo, SandboxError>;
@@ -227,11 +390,28 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     async fn list(&self, labels: &[(String, String)]) -> Result<Vec<SandboxInfo>, SandboxError>;
     /// Waits until the main process exits and returns its exit code.
     async fn wait(&self, id: &SandboxId) -> Result<i64, SandboxError>;
-    /// Everything the sandbox has written to stdout since it was created (across restarts),
-    /// as far as the runtime kept it, as a finite stream. Used to recover output printed while
-    /// the relay was not attached.
-    async fn stdout_log(&self, id: &SandboxId) -> Result<OutputStream, SandboxError>;
+    /// What the sandbox wrote to stdout, as far back as [`Capabilities::output_history`] says
+    /// (for a sandbox that is not running: its last run), as a finite stream. Used to recover
+    /// output printed while the relay was not attached.
+    async fn stdout_history(&self, id: &SandboxId) -> Result<OutputStream, SandboxError>;
 }
 
 /// Default stop grace period, after which the runtime kills the process.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(10);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn networks_parse_from_their_configuration_names() {
+        assert_eq!("none".parse(), Ok(Network::None));
+        assert_eq!("bridge".parse(), Ok(Network::Default));
+        assert_eq!("host".parse(), Ok(Network::Host));
+        assert_eq!("my-net_1".parse(), Ok(Network::Named("my-net_1".into())));
+        for bad in ["", "a b", "x/y", "--rm"] {
+            assert!(bad.parse::<Network>().is_err(), "{bad:?}");
+        }
+        assert_eq!(Network::Default.to_string(), "bridge");
+    }
+}

@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use relay_sandbox::{LABEL_BUILD_HASH, Sandbox, SandboxError};
+use relay_sandbox::{LABEL_BUILD_HASH, Network, Sandbox, SandboxError};
 use relay_store::{EnvironmentPatch, EnvironmentRow, EnvironmentWrite, Store};
 use serde_json::{Map, Value};
 
@@ -101,17 +101,17 @@ fn invalid(m: impl Into<String>) -> SessionError {
     SessionError::Invalid(m.into())
 }
 
-/// Checks the sandbox type: one of the protocol's, and one this relay runs.
-pub fn validate_sandbox_type(t: &str) -> Result<(), SessionError> {
+/// Checks the sandbox type: one of the protocol's, and the one this relay's provider runs.
+pub fn validate_sandbox_type(t: &str, provider: &str) -> Result<(), SessionError> {
     if !SANDBOX_TYPES.contains(&t) {
         return Err(invalid(format!(
             "sandboxType must be one of: {}",
             SANDBOX_TYPES.join(", ")
         )));
     }
-    if t != "docker" {
+    if t != provider {
         return Err(invalid(format!(
-            "sandboxType '{t}' is not supported by this relay; use docker"
+            "sandboxType '{t}' is not supported by this relay; use {provider}"
         )));
     }
     Ok(())
@@ -162,14 +162,11 @@ pub fn normalize_config(config: &Value) -> Result<Value, SessionError> {
         None | Some(Value::Null) => {
             out.remove("networkMode");
         }
-        // Docker's network names; `container:<id>` (joining another container) is not one.
-        Some(Value::String(s))
-            if s.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
-                && s.chars()
-                    .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c)) => {}
+        // `container:<id>` (joining another sandbox's network) is not a network name.
+        Some(Value::String(s)) if s.parse::<Network>().is_ok() => {}
         Some(_) => {
             return Err(invalid(
-                "config.networkMode must be bridge, none, host or the name of a Docker network",
+                "config.networkMode must be bridge, none, host or the name of a network",
             ));
         }
     }
@@ -264,17 +261,13 @@ impl EnvironmentService {
 
     /// Checks a config for `sandbox_type`, including that its image is on the host.
     async fn validate(&self, sandbox_type: &str, config: &Value) -> Result<Value, SessionError> {
-        validate_sandbox_type(sandbox_type)?;
+        validate_sandbox_type(sandbox_type, self.sandbox.kind())?;
         let config = normalize_config(config)?;
         if let Some(image) = config.get("image").and_then(Value::as_str) {
-            match self.sandbox.resolve_image(image).await {
+            match self.sandbox.pin_image(image).await {
                 Ok(_) => {}
-                Err(SandboxError::ImageNotFound(_)) => {
-                    return Err(invalid(format!(
-                        "Image '{image}' is not present on the Docker host; build or pull it \
-                         first (pi-relay never pulls images)"
-                    )));
-                }
+                // The provider says where it looked and what to do.
+                Err(SandboxError::ImageNotFound(m)) => return Err(invalid(m)),
                 Err(e) => return Err(e.into()),
             }
         }
@@ -319,7 +312,7 @@ impl EnvironmentService {
             other => other.map(str::to_owned),
         };
         if let Some(t) = &change.sandbox_type {
-            validate_sandbox_type(t)?;
+            validate_sandbox_type(t, self.sandbox.kind())?;
         }
         let config = match &change.config {
             Some(c) => {
@@ -371,7 +364,7 @@ impl EnvironmentService {
     /// local image built by this repository's image scripts (label `pi-relay.build-hash`).
     pub async fn images(&self) -> Result<Vec<SandboxImage>, SessionError> {
         let mut out: Vec<SandboxImage> = Vec::new();
-        match self.sandbox.resolve_image(&self.default_image).await {
+        match self.sandbox.pin_image(&self.default_image).await {
             Ok(_) => out.push(SandboxImage {
                 id: self.default_image.clone(),
                 name: self.default_image.clone(),
@@ -381,6 +374,9 @@ impl EnvironmentService {
             }),
             Err(SandboxError::ImageNotFound(_)) => {}
             Err(e) => return Err(e.into()),
+        }
+        if !self.sandbox.capabilities().image_listing {
+            return Ok(out);
         }
         let mut listed = self.sandbox.list_images(LABEL_BUILD_HASH).await?;
         listed.sort_by(|a, b| a.tags.cmp(&b.tags));
@@ -495,13 +491,15 @@ mod tests {
 
     #[test]
     fn only_docker_runs_here() {
-        assert!(validate_sandbox_type("docker").is_ok());
+        assert!(validate_sandbox_type("docker", "docker").is_ok());
         assert_eq!(
-            validate_sandbox_type("vm").unwrap_err().to_string(),
+            validate_sandbox_type("vm", "docker")
+                .unwrap_err()
+                .to_string(),
             "sandboxType must be one of: docker, cloudflare, gondolin"
         );
         assert!(
-            validate_sandbox_type("gondolin")
+            validate_sandbox_type("gondolin", "docker")
                 .unwrap_err()
                 .to_string()
                 .contains("not supported")

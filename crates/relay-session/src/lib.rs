@@ -4,43 +4,44 @@
 //! it; environments ([`environments`]) and relay settings ([`settings`]). It knows neither HTTP
 //! nor SQL nor Docker.
 
+mod activation;
 pub mod crypto;
+mod delivery;
 pub mod environments;
-pub mod layout;
+mod lifecycle;
 mod observer;
+mod provision;
 pub mod reaper;
+mod reconcile;
 mod recovery;
 pub mod secrets;
 mod service;
 pub mod settings;
-pub mod state;
+mod spec;
 pub mod title;
 pub mod vault;
 
 use std::path::PathBuf;
 
 pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
-pub use relay_sandbox::SandboxError;
+pub use relay_model::{IllegalTransition, Mode, SessionStatus};
+pub use relay_sandbox::{SandboxError, SandboxStatus};
 pub use relay_store::EventRow;
-pub use service::{SessionService, sandbox_spec};
-pub use state::{Mode, SessionStatus};
+pub use service::{MAX_EVENTS_PAGE, SessionService};
+pub use spec::{container_name, sandbox_spec};
 
 /// Settings of the session layer, taken from the relay's configuration.
 #[derive(Clone, Debug)]
 pub struct SessionConfig {
-    /// `<stateDir>`: session directories and secrets directories live here.
-    pub state_dir: PathBuf,
     /// Image used when a session's environment names none.
     pub default_image: String,
     /// uid:gid sandboxes run as.
     pub sandbox_user: (u32, u32),
-    /// Whether the relay runs as root and must hand session directories to the sandbox user.
-    pub chown_session_dirs: bool,
-    /// Docker network mode for sandboxes.
-    pub network: String,
-    /// Identifies this relay on the containers it creates.
+    /// Network of sandboxes whose environment names none.
+    pub network: relay_sandbox::Network,
+    /// Identifies this relay on the sandboxes it creates.
     pub instance_id: String,
-    /// Hardened container flags (cap-drop ALL, no-new-privileges, init).
+    /// Hardened sandboxes (all capabilities dropped, no privilege escalation, an init process).
     pub hardened: bool,
     /// Files copied into every new session's pi agent directory (`models.json`,
     /// `settings.json`, extensions), unless pi's own copy exists.
@@ -53,8 +54,8 @@ pub struct SessionConfig {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
     pub id: String,
-    pub mode: String,
-    pub status: String,
+    pub mode: Mode,
+    pub status: SessionStatus,
     pub sandbox_provider: Option<String>,
     pub sandbox_provider_id: Option<String>,
     pub environment_id: Option<String>,
@@ -112,12 +113,12 @@ pub struct NewSessionRequest {
     pub system_prompt: Option<String>,
 }
 
-/// The answer to a successful activate.
+/// The answer to a successful activate: the sandbox runs and its hub is attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Activation {
     pub session_id: String,
+    /// The journal's last sequence number, committed (clients page `GET …/events` up to it).
     pub last_seq: u64,
-    pub sandbox_status: String,
 }
 
 /// A page of the journal.
@@ -132,11 +133,25 @@ pub struct EventPage {
 pub struct SandboxView {
     pub provider: Option<String>,
     pub provider_id: Option<String>,
-    /// `creating|running|paused|stopped|error`
-    pub status: String,
+    pub state: SandboxState,
     pub image_digest: Option<String>,
-    /// Whether the provider can be reached (capabilities are only reported then).
-    pub available: bool,
+    /// What the provider can do.
+    pub capabilities: relay_sandbox::Capabilities,
+}
+
+/// What the runtime says of a session's sandbox.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SandboxState {
+    /// The session never had one (provisioning failed before one ran).
+    NotProvisioned,
+    /// One is being provisioned (a new session, or a restart replacing the old one).
+    Provisioning,
+    /// It exists, in this status.
+    Present(SandboxStatus),
+    /// The runtime does not know it any more.
+    Gone,
+    /// The runtime does not answer.
+    Unreachable,
 }
 
 /// Errors of the session layer.
@@ -171,7 +186,13 @@ pub enum SessionError {
     ActivateTimeout,
     /// The sandbox could not be resumed or started.
     #[error("Sandbox unavailable: {0}")]
-    SandboxUnavailable(String),
+    SandboxUnavailable(#[source] relay_sandbox::SandboxError),
+    /// The lifecycle does not allow the change.
+    #[error(transparent)]
+    IllegalTransition(#[from] IllegalTransition),
+    /// The session changed while the request was handled (another request won).
+    #[error("Session changed meanwhile; try again")]
+    Changed,
     /// A request the relay does not support.
     #[error("{0}")]
     Unsupported(String),

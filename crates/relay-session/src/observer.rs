@@ -50,6 +50,6 @@ impl HubObserver for SessionObserver {
             return;
         };
         let id = session_id.to_owned();
-        tokio::spawn(async move { crate::service::note_exit(Arc::clone(&inner), &id).await });
+        tokio::spawn(async move { crate::activation::note_exit(Arc::clone(&inner), &id).await });
     }
 }

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use relay_hub::HubStatus;
+use relay_model::Mode;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -33,8 +34,8 @@ pub struct Candidate {
     pub hub: HubStatus,
     /// Its environment's idle timeout, if set.
     pub timeout: Option<Duration>,
-    /// Its mode (`chat`, `code`).
-    pub mode: String,
+    /// Its mode.
+    pub mode: Mode,
 }
 
 /// Whether a session with this hub state may be paused now.
@@ -88,7 +89,7 @@ impl IdleReaper {
 
     /// The policy of this pass and the modes it never pauses: the `idle_policy` setting if
     /// set (read every pass, so a change applies without a restart), else the configuration.
-    async fn effective_policy(&self) -> (IdlePolicy, Vec<String>) {
+    async fn effective_policy(&self) -> (IdlePolicy, Vec<Mode>) {
         let Some(settings) = &self.settings else {
             return (self.policy, Vec::new());
         };
@@ -121,7 +122,8 @@ impl IdleReaper {
         let (policy, exempt) = self.effective_policy().await;
         candidates.retain(|c| !exempt.contains(&c.mode));
         let mut paused = Vec::new();
-        for (id, timeout) in select_victims(Instant::now(), &candidates, &policy)
+        let clock = self.sessions.clock().clone();
+        for (id, timeout) in select_victims(clock.now(), &candidates, &policy)
             .into_iter()
             .map(|id| {
                 let t = candidates
@@ -131,7 +133,8 @@ impl IdleReaper {
                 (id, t.unwrap_or(policy.timeout))
             })
         {
-            let still_idle = move |h: &HubStatus| is_idle(Instant::now(), h, timeout, &policy);
+            let clock = clock.clone();
+            let still_idle = move |h: &HubStatus| is_idle(clock.now(), h, timeout, &policy);
             match self.sessions.idle(&id, still_idle).await {
                 Ok(true) => {
                     tracing::info!(session = %id, "session idled");
@@ -145,7 +148,7 @@ impl IdleReaper {
     }
 
     /// Runs until `cancel`.
-    pub async fn run(self, cancel: CancellationToken) {
+    pub async fn run(&self, cancel: CancellationToken) {
         let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
@@ -222,7 +225,7 @@ mod tests {
             id: id.into(),
             hub: hub(now, idle),
             timeout,
-            mode: "chat".into(),
+            mode: Mode::Chat,
         };
         let victims = select_victims(
             now,

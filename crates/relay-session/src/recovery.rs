@@ -7,6 +7,11 @@
 //! boundary between "in the log" and "seen live" is fixed with a marker: the relay attaches,
 //! asks pi for its state under a unique id, and everything pi printed before that answer is
 //! taken from the log, everything after it from the live attachment.
+//!
+//! Providers keep different amounts of history ([`OutputHistory`]): Docker keeps everything since
+//! the sandbox was created, so the count goes on across restarts; a provider that keeps only the
+//! latest run's output starts the count again at each start; with no history at all, the relay
+//! attaches and notes in the session's log that output printed meanwhile is lost.
 
 use std::time::Duration;
 
@@ -14,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::StreamExt;
 use relay_hub::Hub;
 use relay_hub::lines::LineSplitter;
-use relay_sandbox::{OutputChunk, Sandbox, SandboxError, SandboxId, SandboxIo};
+use relay_sandbox::{OutputChunk, OutputHistory, Sandbox, SandboxError, SandboxId, SandboxIo};
 use tokio::io::AsyncWriteExt;
 
 /// Prefix of the ids of the relay's own marker requests; their answers are never journaled.
@@ -45,7 +50,7 @@ pub(crate) async fn read_log(
     marker: Option<&str>,
     exited: bool,
 ) -> Result<LogTail, SandboxError> {
-    let mut stream = sandbox.stdout_log(cid).await?;
+    let mut stream = sandbox.stdout_history(cid).await?;
     let mut splitter = LineSplitter::new();
     let mut lines = Vec::new();
     let mut tail = LogTail {
@@ -83,26 +88,48 @@ pub(crate) async fn read_log(
 fn note_truncation(hub: &Hub, consumed: u64, kept: u64) {
     tracing::warn!(session = %hub.session_id(), consumed, kept, "sandbox log was truncated; output printed while detached may be missing");
     hub.log(format!(
-        "relay: the engine kept only {kept} of {consumed} output lines; some output printed while the relay was away is lost"
+        "relay: the sandbox provider kept only {kept} of {consumed} output lines; some output printed while the relay was away is lost"
     ));
+}
+
+fn note_no_history(hub: &Hub) {
+    tracing::info!(session = %hub.session_id(), "the provider keeps no output history; output printed while detached is not recovered");
+    hub.log(
+        "relay: this sandbox provider keeps no output history; output printed while the relay \
+         was away is not in the journal"
+            .into(),
+    );
 }
 
 /// Recovers and attaches a sandbox that is not running (created or exited); the caller starts
 /// it afterwards.
 pub(crate) async fn attach_stopped(
     sandbox: &dyn Sandbox,
+    history: OutputHistory,
     hub: &std::sync::Arc<Hub>,
     cid: &SandboxId,
     consumed: u64,
 ) -> Result<(), SandboxError> {
-    let tail = read_log(sandbox, cid, consumed, None, true).await?;
-    if tail.total < consumed {
-        note_truncation(hub, consumed, tail.total);
-    }
-    let total = tail.total.max(consumed);
-    hub.recover(tail.missed, total).await;
+    let total = if history == OutputHistory::None {
+        note_no_history(hub);
+        0
+    } else {
+        let tail = read_log(sandbox, cid, consumed, None, true).await?;
+        if tail.total < consumed {
+            note_truncation(hub, consumed, tail.total);
+        }
+        let total = tail.total.max(consumed);
+        hub.recover(tail.missed, total).await;
+        total
+    };
+    // The count of lines the next run's output continues from: its log starts empty unless the
+    // provider keeps every run's output.
+    let next = match history {
+        OutputHistory::SinceCreation => total,
+        OutputHistory::SinceStart | OutputHistory::None => 0,
+    };
     let io = sandbox.attach(cid).await?;
-    hub.attach(io, total, Bytes::new()).await;
+    hub.attach(io, next, Bytes::new()).await;
     Ok(())
 }
 
@@ -110,10 +137,17 @@ pub(crate) async fn attach_stopped(
 /// stream exactly.
 pub(crate) async fn attach_running(
     sandbox: &dyn Sandbox,
+    history: OutputHistory,
     hub: &std::sync::Arc<Hub>,
     cid: &SandboxId,
     consumed: u64,
 ) -> Result<(), SandboxError> {
+    if history == OutputHistory::None {
+        note_no_history(hub);
+        let io = sandbox.attach(cid).await?;
+        hub.attach(io, 0, Bytes::new()).await;
+        return Ok(());
+    }
     let SandboxIo {
         mut output,
         mut input,

@@ -3,7 +3,7 @@
 //!
 //! Values are sealed by the [`Vault`] before they reach the store and are never returned to
 //! clients. A secret reaches a sandbox as a file named by its lower-case variable name (see
-//! [`crate::layout::SessionLayout::write_secrets`]); the image's entrypoint exports it
+//! `relay_sandbox::SessionStorage::write_secrets`); the image's entrypoint exports it
 //! upper-cased. Only enabled secrets of kind `ai_provider` or `env_var` go there: never
 //! `sandbox_provider` secrets (credentials of sandbox providers) nor the variables the relay
 //! keeps for itself ([`RELAY_ONLY`]), which the pi-apps relay handed to every sandbox.
@@ -146,13 +146,7 @@ pub struct SecretChange {
     pub domains: Option<Vec<String>>,
 }
 
-/// One file of a sandbox's secrets directory: its name (the lower-case variable name) and
-/// content.
-#[derive(Clone, Debug)]
-pub struct SecretFile {
-    pub name: String,
-    pub value: SecretString,
-}
+pub use relay_sandbox::SecretFile;
 
 /// The secrets service; cheap to clone.
 #[derive(Clone, Debug)]

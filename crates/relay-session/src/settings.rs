@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 
+use relay_model::Mode;
 use relay_store::Store;
 use serde_json::Value;
 
@@ -29,7 +30,7 @@ pub struct IdlePolicySetting {
     pub default_timeout_seconds: u64,
     pub grace_after_disconnect_seconds: u64,
     /// Session modes never paused (`chat`, `code`).
-    pub disable_for_modes: Vec<String>,
+    pub disable_for_modes: Vec<Mode>,
 }
 
 fn invalid(m: impl Into<String>) -> SessionError {
@@ -81,8 +82,8 @@ pub fn parse_idle_policy(value: &Value) -> Result<IdlePolicySetting, SessionErro
         None | Some(Value::Null) => Vec::new(),
         Some(Value::Array(a)) => a
             .iter()
-            .map(|m| match m.as_str() {
-                Some(s @ ("chat" | "code")) => Ok(s.to_owned()),
+            .map(|m| match m.as_str().map(str::parse::<Mode>) {
+                Some(Ok(mode)) => Ok(mode),
                 _ => Err(invalid(
                     "idle_policy.disableForModes must be an array of \"chat\" or \"code\"",
                 )),
@@ -187,7 +188,7 @@ mod tests {
             IdlePolicySetting {
                 default_timeout_seconds: 600,
                 grace_after_disconnect_seconds: 0,
-                disable_for_modes: vec!["chat".into()],
+                disable_for_modes: vec![Mode::Chat],
             }
         );
         assert!(msg("idle_policy", json!("x")).contains("must be an object"));

@@ -1,6 +1,6 @@
 //! Session titles from the first prompt, as the pi-apps relay makes them.
 
-use crate::state::Mode;
+use relay_model::Mode;
 
 const MAX_TITLE_CHARS: usize = 72;
 

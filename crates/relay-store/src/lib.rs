@@ -16,6 +16,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
+use relay_model::{SessionStatus, Transition};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -305,7 +306,7 @@ impl Store {
                  VALUES (?1, ?2, 'creating', ?3, NULL, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?11)",
                 params![
                     s.id,
-                    s.mode,
+                    s.mode.as_str(),
                     s.repo_id,
                     s.name,
                     s.model_provider,
@@ -323,46 +324,57 @@ impl Store {
         .await
     }
 
-    /// Sets a session's status (and the reason, for `error`). Returns false if the row is gone.
+    /// Moves a session along `transition` (and records the reason, for `error`), if it is still
+    /// in the transition's starting status. Returns false if it is not (or the row is gone):
+    /// nothing changed.
     pub async fn set_status(
         &self,
         id: &str,
-        status: &str,
+        transition: Transition,
         reason: Option<String>,
         now: &str,
     ) -> Result<bool, StoreError> {
-        let (id, status, now) = (id.to_owned(), status.to_owned(), now.to_owned());
+        let (id, now) = (id.to_owned(), now.to_owned());
         self.write(move |tx| {
             let n = tx.execute(
-                "UPDATE sessions SET status = ?2, status_reason = ?3, last_activity_at = ?4 \
-                 WHERE id = ?1",
-                params![id, status, reason, now],
+                "UPDATE sessions SET status = ?3, status_reason = ?4, last_activity_at = ?5 \
+                 WHERE id = ?1 AND status = ?2",
+                params![
+                    id,
+                    transition.from().as_str(),
+                    transition.to().as_str(),
+                    reason,
+                    now
+                ],
             )?;
             Ok(n > 0)
         })
         .await
     }
 
-    /// Records a session's sandbox and moves it to `status`. Returns false if the row is gone.
+    /// Records a session's sandbox and moves it along `transition`, if it is still in the
+    /// transition's starting status. Returns false if it is not (or the row is gone): nothing
+    /// changed.
     pub async fn set_sandbox(
         &self,
         id: &str,
         sandbox: SessionSandbox,
-        status: &str,
+        transition: Transition,
         now: &str,
     ) -> Result<bool, StoreError> {
-        let (id, status, now) = (id.to_owned(), status.to_owned(), now.to_owned());
+        let (id, now) = (id.to_owned(), now.to_owned());
         self.write(move |tx| {
             let n = tx.execute(
                 "UPDATE sessions SET sandbox_provider = ?2, sandbox_provider_id = ?3, \
-                 sandbox_image_digest = ?4, status = ?5, status_reason = NULL, \
-                 last_activity_at = ?6 WHERE id = ?1",
+                 sandbox_image_digest = ?4, status = ?6, status_reason = NULL, \
+                 last_activity_at = ?7 WHERE id = ?1 AND status = ?5",
                 params![
                     id,
                     sandbox.provider,
                     sandbox.provider_id,
                     sandbox.image_digest,
-                    status,
+                    transition.from().as_str(),
+                    transition.to().as_str(),
                     now
                 ],
             )?;
@@ -510,7 +522,7 @@ impl Store {
     /// Sessions ordered by last activity, newest first; optionally only those in `statuses`.
     pub async fn sessions(
         &self,
-        statuses: Option<Vec<String>>,
+        statuses: Option<Vec<SessionStatus>>,
     ) -> Result<Vec<SessionRow>, StoreError> {
         self.read(move |c| {
             let mut st = c.prepare_cached(&format!(

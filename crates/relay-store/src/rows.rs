@@ -3,13 +3,14 @@
 use std::sync::Arc;
 
 use bytes::Bytes;
+use relay_model::{Mode, SessionStatus};
 
 /// A session as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRow {
     pub id: String,
-    pub mode: String,
-    pub status: String,
+    pub mode: Mode,
+    pub status: SessionStatus,
     /// Why the session is in `error` (never shown to clients verbatim in the session object).
     pub status_reason: Option<String>,
     pub sandbox_provider: Option<String>,
@@ -31,10 +32,10 @@ pub struct SessionRow {
 }
 
 /// What a new session row needs.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct NewSession {
     pub id: String,
-    pub mode: String,
+    pub mode: Mode,
     pub repo_id: Option<String>,
     pub name: Option<String>,
     pub model_provider: Option<String>,
@@ -94,8 +95,8 @@ pub(crate) const SESSION_SELECT: &str = "SELECT s.id, s.mode, s.status, s.status
 pub(crate) fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SessionRow> {
     Ok(SessionRow {
         id: r.get(0)?,
-        mode: r.get(1)?,
-        status: r.get(2)?,
+        mode: parsed(r, 1)?,
+        status: parsed(r, 2)?,
         status_reason: r.get(3)?,
         sandbox_provider: r.get(4)?,
         sandbox_provider_id: r.get(5)?,
@@ -113,6 +114,18 @@ pub(crate) fn session_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<Sessio
         extensions_stale: r.get(17)?,
         created_at: r.get(18)?,
         last_activity_at: r.get(19)?,
+    })
+}
+
+/// A text column holding one of a type's names; any other value in the database is a clear error
+/// naming the value, not a silent default.
+fn parsed<T>(r: &rusqlite::Row<'_>, col: usize) -> rusqlite::Result<T>
+where
+    T: std::str::FromStr<Err = relay_model::UnknownValue>,
+{
+    let text: String = r.get(col)?;
+    text.parse().map_err(|e| {
+        rusqlite::Error::FromSqlConversionFailure(col, rusqlite::types::Type::Text, Box::new(e))
     })
 }
 

@@ -4,6 +4,8 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
+use relay_model::Mode;
+
 use super::*;
 
 fn temp_store() -> (tempfile::TempDir, Store) {
@@ -15,11 +17,22 @@ fn temp_store() -> (tempfile::TempDir, Store) {
 fn new_session(id: &str) -> NewSession {
     NewSession {
         id: id.into(),
-        mode: "chat".into(),
+        mode: Mode::Chat,
+        repo_id: None,
         name: Some("Chat session".into()),
+        model_provider: None,
+        model_id: None,
+        system_prompt: None,
+        sandbox_provider: None,
+        environment_id: None,
+        first_user_message: None,
         created_at: "2026-01-01T00:00:00.000Z".into(),
-        ..Default::default()
     }
+}
+
+/// `from → to`, which the lifecycle allows.
+fn t(from: SessionStatus, to: SessionStatus) -> Transition {
+    from.to(to).unwrap()
 }
 
 fn entry(session: &str, seq: u64) -> JournalEntry {
@@ -37,8 +50,8 @@ async fn a_new_session_starts_in_creating() {
     let (_d, store) = temp_store();
     store.insert_session(new_session("s1")).await.unwrap();
     let row = store.session("s1").await.unwrap().unwrap();
-    assert_eq!(row.status, "creating");
-    assert_eq!(row.mode, "chat");
+    assert_eq!(row.status, SessionStatus::Creating);
+    assert_eq!(row.mode, Mode::Chat);
     assert_eq!(row.created_at, row.last_activity_at);
     assert!(store.session("nope").await.unwrap().is_none());
 }
@@ -55,14 +68,53 @@ async fn a_duplicate_session_id_is_a_constraint_error() {
 }
 
 #[tokio::test]
-async fn an_invalid_status_is_refused_by_the_schema() {
+async fn a_status_changes_only_from_the_status_the_transition_starts_at() {
+    use SessionStatus::*;
     let (_d, store) = temp_store();
     store.insert_session(new_session("s1")).await.unwrap();
-    assert!(store.set_status("s1", "bogus", None, "t").await.is_err());
-    assert_eq!(
-        store.session("s1").await.unwrap().unwrap().status,
-        "creating"
+    // The session is creating, not active: nothing changes.
+    assert!(
+        !store
+            .set_status("s1", t(Active, Idle), None, "t")
+            .await
+            .unwrap()
     );
+    assert_eq!(store.session("s1").await.unwrap().unwrap().status, Creating);
+    let reason = Some("no image".to_owned());
+    assert!(
+        store
+            .set_status("s1", t(Creating, Error), reason, "t")
+            .await
+            .unwrap()
+    );
+    let row = store.session("s1").await.unwrap().unwrap();
+    assert_eq!(
+        (row.status, row.status_reason.as_deref()),
+        (Error, Some("no image"))
+    );
+    // A missing session changes nothing either.
+    assert!(
+        !store
+            .set_status("nope", t(Error, Creating), None, "t")
+            .await
+            .unwrap()
+    );
+}
+
+#[tokio::test]
+async fn an_unknown_status_in_the_database_is_a_clear_error() {
+    let (dir, store) = temp_store();
+    store.insert_session(new_session("s1")).await.unwrap();
+    store.barrier().await.unwrap();
+    // Only a database changed behind the relay's back (its schema refuses the value) holds one.
+    let raw = Connection::open(dir.path().join("relay.db")).unwrap();
+    raw.pragma_update(None, "ignore_check_constraints", true)
+        .unwrap();
+    raw.execute("UPDATE sessions SET status = 'deleted' WHERE id = 's1'", [])
+        .unwrap();
+    let err = store.session("s1").await.unwrap_err().to_string();
+    assert!(err.contains("unknown session status \"deleted\""), "{err}");
+    assert!(store.sessions(None).await.is_err());
 }
 
 #[tokio::test]
@@ -71,12 +123,17 @@ async fn sessions_are_listed_newest_activity_first_and_filtered_by_status() {
     for id in ["a", "b", "c"] {
         store.insert_session(new_session(id)).await.unwrap();
     }
+    let (creating, active, archived) = (
+        SessionStatus::Creating,
+        SessionStatus::Active,
+        SessionStatus::Archived,
+    );
     store
-        .set_status("b", "active", None, "2026-01-03T00:00:00.000Z")
+        .set_status("b", t(creating, active), None, "2026-01-03T00:00:00.000Z")
         .await
         .unwrap();
     store
-        .set_status("c", "archived", None, "2026-01-02T00:00:00.000Z")
+        .set_status("c", t(creating, archived), None, "2026-01-02T00:00:00.000Z")
         .await
         .unwrap();
     let ids: Vec<_> = store
@@ -87,10 +144,7 @@ async fn sessions_are_listed_newest_activity_first_and_filtered_by_status() {
         .map(|s| s.id)
         .collect();
     assert_eq!(ids, ["b", "c", "a"]);
-    let active = store
-        .sessions(Some(vec!["active".into(), "creating".into()]))
-        .await
-        .unwrap();
+    let active = store.sessions(Some(vec![active, creating])).await.unwrap();
     assert_eq!(
         active.iter().map(|s| s.id.as_str()).collect::<Vec<_>>(),
         ["b", "a"]
@@ -528,7 +582,12 @@ async fn environments_in_use_or_default_are_not_deleted_and_the_default_stays() 
     assert_eq!(envs[1].name, "second");
 
     store
-        .set_status("s1", "archived", None, "t3")
+        .set_status(
+            "s1",
+            t(SessionStatus::Creating, SessionStatus::Archived),
+            None,
+            "t3",
+        )
         .await
         .unwrap();
     store

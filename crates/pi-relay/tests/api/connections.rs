@@ -10,31 +10,6 @@ use tokio::net::TcpStream;
 
 use crate::helpers::*;
 
-/// TCP states in `/proc/net/tcp` in which a server socket still holds its descriptor after the
-/// client has gone: ESTABLISHED (01) and CLOSE_WAIT (08, the client closed, the server did not).
-const HELD: [&str; 2] = ["01", "08"];
-
-/// The kernel's state of the server's socket for the connection from local port `client_port`
-/// to the relay on `server_port`, if it still has one.
-fn server_socket_state(server_port: u16, client_port: u16) -> Option<String> {
-    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    table.lines().skip(1).find_map(|line| {
-        let cols: Vec<&str> = line.split_whitespace().collect();
-        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
-        (port(cols[1]) == Some(server_port) && port(cols[2]) == Some(client_port))
-            .then(|| cols[3].to_owned())
-    })
-}
-
-/// Waits until the relay holds no socket of the connection from `client_port` (at most 10 s).
-async fn released(app: &TestApp, client_port: u16) {
-    let server_port = app.relay.as_ref().unwrap().addr.port();
-    eventually(|| async {
-        server_socket_state(server_port, client_port).is_none_or(|s| !HELD.contains(&s.as_str()))
-    })
-    .await;
-}
-
 fn open_connections(app: &TestApp) -> usize {
     app.relay.as_ref().unwrap().connections.open()
 }

@@ -135,7 +135,7 @@ async fn bad_environments_are_refused_with_clear_messages() {
         ),
         (
             json!({"name": "n", "sandboxType": "docker", "config": {"networkMode": "container:x"}}),
-            "config.networkMode must be bridge, none, host or the name of a Docker network",
+            "config.networkMode must be bridge, none, host or the name of a network",
         ),
         (
             json!({"name": "n", "sandboxType": "docker", "config": {"envVars": [{"key": "bad-key", "value": "x"}]}}),
@@ -147,7 +147,8 @@ async fn bad_environments_are_refused_with_clear_messages() {
         ),
         (
             json!({"name": "n", "sandboxType": "docker", "config": {"image": "registry.example/missing:1"}}),
-            "Image 'registry.example/missing:1' is not present on the Docker host; build or pull it first (pi-relay never pulls images)",
+            // The provider's own words (Docker's are checked by its tests).
+            "Image 'registry.example/missing:1' is not present on the fake provider",
         ),
         (
             json!({"name": "n", "sandboxType": "docker", "isDefault": "yes"}),
@@ -251,7 +252,7 @@ async fn sessions_use_their_environments_image_tier_network_and_variables() {
     assert_eq!(app.activate(&id, "c").await.status, 200);
     let spec = app.fake.created_specs().pop().unwrap();
     assert_eq!(spec.image, "sha256:fake-pi-relay/sandbox-debian:dev");
-    assert_eq!(spec.network, "none");
+    assert_eq!(spec.network, relay_sandbox::Network::None);
     assert_eq!(spec.limits.memory_bytes, Some(1024 * 1024 * 1024));
     assert_eq!(spec.limits.nano_cpus, Some(1_000_000_000));
     assert!(spec.env.contains(&("FOO".to_owned(), "bar".to_owned())));

@@ -59,8 +59,38 @@ pub async fn spawn_app() -> TestApp {
 pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let args = args(dir.path(), extra);
-    let fake = FakeSandbox::new();
+    let fake = fake(&dir);
     start(dir, args, fake).await
+}
+
+/// Where a relay started with [`args`] in `dir` keeps session files.
+pub fn storage(dir: &tempfile::TempDir) -> relay_sandbox::host::HostStorage {
+    let resolved = args(dir.path(), &[]).resolve().unwrap();
+    pi_relay::app::host_storage(&resolved).unwrap()
+}
+
+/// The machine's Docker engine, keeping session files in `storage`. Fails (never skips) when no
+/// engine answers. (For the Docker test binaries, which share this file.)
+#[allow(dead_code)]
+pub async fn docker(storage: relay_sandbox::host::HostStorage) -> relay_docker::DockerSandbox {
+    relay_docker::DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage)
+        .await
+        .expect("Docker engine must be running for these tests (bash scripts/docker-up.sh)")
+}
+
+/// The engine, for tests that only look at or remove its sandboxes (no session files).
+#[allow(dead_code)]
+pub async fn engine() -> relay_docker::DockerSandbox {
+    docker(relay_sandbox::host::HostStorage::new(
+        std::env::temp_dir(),
+        false,
+    ))
+    .await
+}
+
+/// A fake provider keeping session files where a relay started with [`args`] in `dir` keeps them.
+pub fn fake(dir: &tempfile::TempDir) -> FakeSandbox {
+    FakeSandbox::new(storage(dir))
 }
 
 pub async fn start(dir: tempfile::TempDir, args: ServeArgs, fake: FakeSandbox) -> TestApp {
@@ -304,4 +334,37 @@ where
         tokio::time::sleep(step).await;
     }
     panic!("condition not met within {limit:?}");
+}
+
+/// TCP states in `/proc/net/tcp` in which a server socket still holds its descriptor after the
+/// client has gone: ESTABLISHED (01) and CLOSE_WAIT (08, the client closed, the server did not).
+const HELD: [&str; 2] = ["01", "08"];
+
+/// The kernel's state of the server's socket for the connection from local port `client_port`
+/// to the relay on `server_port`, if it still has one.
+fn server_socket_state(server_port: u16, client_port: u16) -> Option<String> {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table.lines().skip(1).find_map(|line| {
+        let cols: Vec<&str> = line.split_whitespace().collect();
+        let port = |addr: &str| u16::from_str_radix(addr.rsplit(':').next()?, 16).ok();
+        (port(cols[1]) == Some(server_port) && port(cols[2]) == Some(client_port))
+            .then(|| cols[3].to_owned())
+    })
+}
+
+/// Waits until the relay holds no socket of the connection from `client_port` (at most 10 s).
+pub async fn released(app: &TestApp, client_port: u16) {
+    let server_port = app.relay.as_ref().unwrap().addr.port();
+    eventually(|| async {
+        server_socket_state(server_port, client_port).is_none_or(|s| !HELD.contains(&s.as_str()))
+    })
+    .await;
+}
+
+/// The local port of a client's WebSocket connection.
+pub fn local_port(ws: &Ws) -> u16 {
+    match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
+        _ => unreachable!("tests connect without TLS"),
+    }
 }

@@ -4,6 +4,7 @@
 mod connections;
 mod environments;
 mod helpers;
+mod providers;
 mod secrets;
 mod sessions;
 mod settings;

@@ -128,8 +128,10 @@ async fn sandbox_providers_reports_docker_and_no_gondolin() {
 
 #[tokio::test]
 async fn the_idle_policy_setting_replaces_the_configured_timeout_and_exempts_modes() {
-    // Configured to pause after an hour: only the setting can make it sooner.
-    let app = spawn_app_with(&["--idle-check-interval-secs", "1", "--idle-grace-secs", "0"]).await;
+    // Configured to pause after an hour: only the setting can make it sooner. The relay's reaper
+    // is run by hand here, after time has passed on the relay's activity clock.
+    let app = spawn_app_with(&["--idle-grace-secs", "0"]).await;
+    let relay = app.relay.as_ref().unwrap();
     let policy = |exempt: &[&str]| {
         json!({"key": "idle_policy", "value": {"defaultTimeoutSeconds": 1,
                "graceAfterDisconnectSeconds": 0, "disableForModes": exempt}})
@@ -140,15 +142,19 @@ async fn the_idle_policy_setting_replaces_the_configured_timeout_and_exempts_mod
         200
     );
     let id = app.active_session().await;
-    tokio::time::sleep(std::time::Duration::from_millis(3500)).await;
-    let path = format!("/api/sessions/{id}");
-    assert_eq!(
-        app.get(&path).await.body["data"]["status"],
-        "active",
+    relay
+        .sessions()
+        .clock()
+        .advance(std::time::Duration::from_secs(5));
+    assert!(
+        relay.reaper.run_once().await.is_empty(),
         "chat sessions are exempt"
     );
+    let path = format!("/api/sessions/{id}");
+    assert_eq!(app.get(&path).await.body["data"]["status"], "active");
 
     assert_eq!(app.put("/api/settings", &policy(&[])).await.status, 200);
-    eventually(|| async { app.get(&path).await.body["data"]["status"] == "idle" }).await;
+    assert_eq!(relay.reaper.run_once().await, std::slice::from_ref(&id));
+    assert_eq!(app.get(&path).await.body["data"]["status"], "idle");
     app.shutdown().await;
 }

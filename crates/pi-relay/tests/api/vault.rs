@@ -8,7 +8,6 @@ use std::process::Command;
 use std::sync::Arc;
 
 use pi_relay::app::Relay;
-use relay_sandbox::fake::FakeSandbox;
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -19,14 +18,14 @@ const KEY_B: &str = "ICEiIyQlJicoKSorLC0uLzAxMjM0NTY3ODk6Ozw9Pj8=";
 
 /// The outcome of a start: a running relay, or the refusal with the directory back.
 enum Start {
-    Up(TestApp),
+    Up(Box<TestApp>),
     Refused(tempfile::TempDir, String),
 }
 
 impl Start {
     fn up(self) -> TestApp {
         match self {
-            Start::Up(app) => app,
+            Start::Up(app) => *app,
             Start::Refused(_, e) => panic!("the relay refused to start: {e}"),
         }
     }
@@ -44,9 +43,9 @@ async fn start_keyed(dir: tempfile::TempDir, key: Option<&str>) -> Start {
     let mut a = args(dir.path(), &[]);
     a.encryption_key = key.map(SecretString::from);
     let resolved = a.resolve().unwrap();
-    let fake = FakeSandbox::new();
+    let fake = fake(&dir);
     match Relay::start(&a, &resolved, Arc::new(fake.clone())).await {
-        Ok(relay) => Start::Up(TestApp {
+        Ok(relay) => Start::Up(Box::new(TestApp {
             base: format!("http://{}", relay.addr),
             ws_base: format!("ws://{}", relay.addr),
             relay: Some(relay),
@@ -54,7 +53,7 @@ async fn start_keyed(dir: tempfile::TempDir, key: Option<&str>) -> Start {
             fake,
             token: None,
             dir,
-        }),
+        })),
         Err(e) => Start::Refused(dir, e.to_string()),
     }
 }

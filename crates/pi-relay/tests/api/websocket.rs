@@ -366,7 +366,7 @@ async fn a_client_that_vanishes_mid_stream_loses_nothing_from_the_journal() {
 #[tokio::test]
 async fn a_restarted_relay_reattaches_running_sandboxes_and_continues_the_sequence() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let fake = fake(&dir);
     let first_args = args(dir.path(), &[]);
     let first = start(dir, first_args, fake.clone()).await;
     let id = first.active_session().await;
@@ -399,7 +399,7 @@ async fn a_restarted_relay_reattaches_running_sandboxes_and_continues_the_sequen
 #[tokio::test]
 async fn output_printed_while_the_relay_was_down_is_recovered_into_the_journal() {
     let dir = tempfile::tempdir().unwrap();
-    let fake = relay_sandbox::fake::FakeSandbox::new();
+    let fake = fake(&dir);
     let first_args = args(dir.path(), &[]);
     let first = start(dir, first_args, fake.clone()).await;
     let id = first.active_session().await;
@@ -419,7 +419,7 @@ async fn output_printed_while_the_relay_was_down_is_recovered_into_the_journal()
         use futures_util::StreamExt;
         use relay_sandbox::Sandbox;
         let [sandbox] = fake.existing().try_into().unwrap();
-        let mut log = fake.stdout_log(&sandbox).await.unwrap();
+        let mut log = fake.stdout_history(&sandbox).await.unwrap();
         let mut text = Vec::new();
         while let Some(Ok(relay_sandbox::OutputChunk::Stdout(b))) = log.next().await {
             text.extend_from_slice(&b);
@@ -473,9 +473,10 @@ async fn a_client_that_stops_reading_is_disconnected_and_can_resume() {
     let limit = std::time::Duration::from_secs(120);
     app.until_journaled(&id, 60_000, "agent_settled", limit)
         .await;
-    // The stalled client never read; give the relay its close timeout, then look at what it
-    // left in the socket: some frames, then the end, not the whole flood.
-    tokio::time::sleep(std::time::Duration::from_secs(3)).await;
+    // The stalled client never read: the relay lets go of its socket all the same (after its
+    // close timeout). Then look at what it left in the socket: some frames, then the end, not
+    // the whole flood.
+    released(&app, local_port(&stalled)).await;
     let mut frames = 0u64;
     let ending = loop {
         use futures_util::StreamExt;

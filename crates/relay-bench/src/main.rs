@@ -1,8 +1,9 @@
-//! `pi-relay bench`: measures the relay against raw Docker on this machine and prints a
-//! markdown report (docs/benchmarks.md explains every figure).
+//! `relay-bench`: measures pi-relay against raw Docker on this machine and prints a markdown
+//! report (docs/benchmarks.md explains every figure). A tool of its own, never part of the
+//! product binary.
 //!
-//! The relay under test runs as a child process (`pi-relay serve`, this same executable) so
-//! its CPU time and memory can be read from `/proc`. Its sandboxes use an image whose `pi` is
+//! The relay under test runs as a child process (`pi-relay serve`, the release binary built next
+//! to this one) so its CPU time and memory can be read from `/proc`. Its sandboxes use an image whose `pi` is
 //! `fake-pi` (images/bench-fake-pi), which can flood events or pace them with timestamps. Each
 //! relay figure is printed next to a baseline taken in the same run, mostly the same container
 //! driven straight through the Engine API ([`raw`]). Everything the run creates (sessions,
@@ -23,8 +24,9 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use clap::Args;
+use clap::Parser;
 use relay_docker::DockerSandbox;
+use relay_sandbox::host::HostStorage;
 use relay_sandbox::{LABEL_INSTANCE, Sandbox};
 
 use self::child::RelayChild;
@@ -46,46 +48,53 @@ impl<T, E: std::fmt::Display> Context<T> for Result<T, E> {
 }
 
 /// Benchmark settings.
-#[derive(Clone, Debug, Args)]
-pub struct BenchArgs {
+#[derive(Clone, Debug, Parser)]
+#[command(
+    name = "relay-bench",
+    about = "Measures pi-relay against raw Docker on this machine"
+)]
+struct BenchArgs {
+    /// The pi-relay executable to measure [default: `pi-relay` next to this program]
+    #[arg(long)]
+    relay: Option<PathBuf>,
     /// Sessions active at once for the memory figure (created and activated 5 at a time).
     #[arg(long, default_value_t = 50)]
-    pub sessions: usize,
+    sessions: usize,
     /// Events per flood (throughput, /health under load, the stalled client).
     #[arg(long, default_value_t = 200_000)]
-    pub flood: u64,
+    flood: u64,
     /// Events per flood while `/health` is polled: longer than --flood, so that its p99 rests on
     /// enough requests (a 5 ms period gives about one per 700 events).
     #[arg(long, default_value_t = 600_000)]
-    pub health_flood: u64,
+    health_flood: u64,
     /// Journal events a reconnecting client replays.
     #[arg(long, default_value_t = 100_000)]
-    pub replay: u64,
+    replay: u64,
     /// Create → active runs, of the relay and of raw Docker each (interleaved). Container
     /// start times on a shared machine vary by ±15% from run to run, so the medians need many.
     #[arg(long, default_value_t = 30)]
-    pub runs: usize,
+    runs: usize,
     /// Events of the paced latency run.
     #[arg(long, default_value_t = 2000)]
-    pub pace_events: u64,
+    pace_events: u64,
     /// Microseconds between paced events.
     #[arg(long, default_value_t = 500)]
-    pub pace_interval_us: u64,
+    pace_interval_us: u64,
     /// Sandbox image whose `pi` is fake-pi (images/bench-fake-pi/build.sh builds it).
     #[arg(long, default_value = "pi-relay/bench-fake-pi:latest")]
-    pub image: String,
+    image: String,
     /// Docker Engine API endpoint (unix:///path, tcp://host:port) [default: local socket]
     #[arg(long, env = "DOCKER_HOST")]
-    pub docker_host: Option<String>,
+    docker_host: Option<String>,
     /// Also write the markdown report to this file.
     #[arg(long)]
-    pub output: Option<PathBuf>,
+    output: Option<PathBuf>,
 }
 
 /// What every phase needs: the relay's API and process, the raw baseline, and the sessions
 /// that exist so far (deleted at the end whatever happens).
 #[derive(Debug)]
-pub(crate) struct Bench {
+struct Bench {
     args: BenchArgs,
     api: Api,
     raw: Raw,
@@ -136,8 +145,40 @@ impl Bench {
     }
 }
 
+fn main() -> std::process::ExitCode {
+    let args = BenchArgs::parse();
+    let result = tokio::runtime::Runtime::new()
+        .map_err(BoxError::from)
+        .and_then(|rt| rt.block_on(run(args)));
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("relay-bench: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// The relay executable: as given, or `pi-relay` next to this program (cargo builds both into
+/// the same directory).
+fn relay_executable(args: &BenchArgs) -> Result<PathBuf, BoxError> {
+    if let Some(p) = &args.relay {
+        return Ok(p.clone());
+    }
+    let me = std::env::current_exe().ctx("locating this program")?;
+    let relay = me.with_file_name("pi-relay");
+    if !relay.is_file() {
+        return Err(format!(
+            "{} not found; build it (cargo build --release -p pi-relay) or pass --relay",
+            relay.display()
+        )
+        .into());
+    }
+    Ok(relay)
+}
+
 /// Runs the benchmark and prints its report.
-pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
+async fn run(args: BenchArgs) -> Result<(), BoxError> {
     if args.runs == 0
         || args.flood == 0
         || args.health_flood == 0
@@ -153,33 +194,40 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     }
     let started = Instant::now();
     let started_at = relay_hub::timestamp();
-    let machine = sys::Machine::describe(args.docker_host.as_deref()).await;
-    let docker = DockerSandbox::connect(args.docker_host.as_deref())
-        .await
-        .ctx("connecting to Docker (bash scripts/docker-up.sh starts it)")?;
-    let image_id = docker.resolve_image(&args.image).await.map_err(|e| {
-        format!("{e}\nBuild it first: bash images/bench-fake-pi/build.sh (scripts/bench.sh does)")
-    })?;
+
+    let relay_exe = relay_executable(&args)?;
     let tmp = tempfile::Builder::new()
         .prefix("pi-relay-bench-")
         .tempdir()
         .ctx("creating a temporary directory")?;
+    let raw_state = tmp.path().join("raw-state");
+    std::fs::create_dir_all(&raw_state).ctx("creating the baseline's state directory")?;
+    let (euid, _) = sys::effective_ids().ctx("reading this process's uid")?;
+    let storage = HostStorage::new(raw_state, euid == 0);
+    let docker = DockerSandbox::connect(args.docker_host.as_deref(), storage)
+        .await
+        .ctx("connecting to Docker (bash scripts/docker-up.sh starts it)")?;
+    let image_id = docker.pin_image(&args.image).await.map_err(|e| {
+        format!("{e}\nBuild it first: bash images/bench-fake-pi/build.sh (scripts/bench.sh does)")
+    })?;
     let nanos = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_nanos());
     // Labels every container of this run, the relay's and the raw ones, for the final sweep.
     let instance_id = format!("bench-{}-{nanos:x}", std::process::id());
     eprintln!(
-        "pi-relay bench: starting the relay (instance {instance_id}, temp {})",
+        "relay-bench: starting the relay (instance {instance_id}, temp {})",
         tmp.path().display()
     );
     let relay = RelayChild::start(
+        &relay_exe,
         tmp.path(),
         &args.image,
         &instance_id,
         args.docker_host.as_deref(),
     )
     .await?;
+    let machine = sys::Machine::describe(docker.engine()).await;
     let settings = Settings {
         sessions: args.sessions,
         flood: args.flood,
@@ -195,12 +243,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     let mut report = Report::new(settings, machine, started_at);
     let bench = match (
         Api::new(relay.port),
-        Raw::new(
-            docker.clone(),
-            image_id,
-            tmp.path().join("raw-state"),
-            instance_id.clone(),
-        ),
+        Raw::new(docker.clone(), image_id, instance_id.clone()),
     ) {
         (Ok(api), Ok(raw)) => Bench {
             args: args.clone(),
@@ -222,7 +265,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     };
 
     // Cleanup, whatever happened above.
-    eprintln!("pi-relay bench: cleaning up");
+    eprintln!("relay-bench: cleaning up");
     if let Err(e) = bench.delete_all_sessions().await {
         report
             .notes
@@ -238,10 +281,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     report.relay_log_errors = errors;
     let failed = report.failures();
     if failed > 0 || interrupted {
-        eprintln!(
-            "pi-relay bench: last relay log lines:\n{}",
-            relay.log_tail(20)
-        );
+        eprintln!("relay-bench: last relay log lines:\n{}", relay.log_tail(20));
     }
     match relay.stop().await {
         Ok(how) => report.relay_exit = how,
@@ -273,7 +313,7 @@ pub async fn run(args: BenchArgs) -> Result<(), BoxError> {
     println!("{markdown}");
     if let Some(path) = &args.output {
         std::fs::write(path, &markdown).ctx(&format!("writing {}", path.display()))?;
-        eprintln!("pi-relay bench: report written to {}", path.display());
+        eprintln!("relay-bench: report written to {}", path.display());
     }
     if interrupted {
         return Err("interrupted".into());

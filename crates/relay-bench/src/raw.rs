@@ -1,8 +1,7 @@
 //! The baseline: the same image run straight through the Engine API, with no relay in between.
-//! Containers get the relay's exact configuration (see [`Raw::spec`]), fresh session-like
-//! directories, and this run's instance label, so the final sweep removes them too.
+//! Containers get the relay's exact configuration (see [`Raw::spec`]) and session files made by
+//! the same provider code, and this run's instance label, so the final sweep removes them too.
 
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,7 +10,6 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use relay_docker::DockerSandbox;
 use relay_sandbox::{OutputChunk, OutputStream, Sandbox, SandboxId, SandboxSpec, SandboxStatus};
-use relay_session::layout::SessionLayout;
 use tokio::io::{AsyncWrite, AsyncWriteExt};
 
 use super::{BoxError, Context, sys};
@@ -33,21 +31,18 @@ pub struct RawTimes {
 pub struct Raw {
     docker: DockerSandbox,
     image_id: String,
-    state_dir: PathBuf,
     user: (u32, u32),
-    chown: bool,
     instance_id: String,
     next: AtomicU64,
     created: Mutex<Vec<SandboxId>>,
 }
 
 impl Raw {
-    /// Baseline containers of `image_id`, with session directories under `state_dir`, run as
-    /// the user the relay would pick (it runs as the same user as the benchmark).
+    /// Baseline containers of `image_id`, with session files in `docker`'s storage, run as the
+    /// user the relay would pick (it runs as the same user as the benchmark).
     pub fn new(
         docker: DockerSandbox,
         image_id: String,
-        state_dir: PathBuf,
         instance_id: String,
     ) -> Result<Raw, BoxError> {
         let (euid, egid) = sys::effective_ids().ctx("reading this process's uid")?;
@@ -57,46 +52,40 @@ impl Raw {
         Ok(Raw {
             docker,
             image_id,
-            state_dir,
             user: if root { (1000, 1000) } else { (euid, egid) },
-            chown: root,
             instance_id,
             next: AtomicU64::new(1),
             created: Mutex::new(Vec::new()),
         })
     }
 
-    /// A fresh container spec with its directories created (not timed: the relay's equivalent
+    /// A fresh container spec with its session files prepared (not timed: the relay's equivalent
     /// work is part of what the relay is measured on, the baseline is the engine alone).
     async fn prepare(&self) -> Result<SandboxSpec, BoxError> {
         let n = self.next.fetch_add(1, Ordering::Relaxed);
         let id = format!("raw-{}-{n}", std::process::id());
-        let layout = SessionLayout::new(&self.state_dir, &id);
-        let prepared = layout.clone();
-        let (uid, gid, chown) = (self.user.0, self.user.1, self.chown);
-        tokio::task::spawn_blocking(move || prepared.prepare(uid, gid, chown))
+        self.docker
+            .storage()
+            .prepare(&id, self.user)
             .await
-            .ctx("preparing raw session directories")?
-            .ctx("preparing raw session directories")?;
-        Ok(self.spec(&id, &layout))
+            .ctx("preparing raw session files")?;
+        Ok(self.spec(&id))
     }
 
     /// The relay's own container configuration for a chat session in the default environment
     /// (`relay_session::sandbox_spec`), under a name of the benchmark's, so the baseline starts
     /// exactly the container the relay starts.
-    fn spec(&self, id: &str, layout: &SessionLayout) -> SandboxSpec {
+    fn spec(&self, id: &str) -> SandboxSpec {
         let cfg = relay_session::SessionConfig {
-            state_dir: self.state_dir.clone(),
             default_image: self.image_id.clone(),
             sandbox_user: self.user,
-            chown_session_dirs: self.chown,
-            network: "none".into(),
+            network: relay_sandbox::Network::None,
             instance_id: self.instance_id.clone(),
             hardened: true,
             agent_template: None,
             activate_timeout: std::time::Duration::from_secs(60),
         };
-        let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), layout);
+        let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone());
         spec.name = format!("pi-bench-{id}");
         spec
     }
@@ -127,9 +116,8 @@ impl Raw {
         let t3 = Instant::now();
         if info.status != SandboxStatus::Running {
             return Err(format!(
-                "raw container is {} right after start (exit code {:?})",
-                info.status.as_protocol_str(),
-                info.exit_code
+                "raw container is {:?} right after start (exit code {:?})",
+                info.status, info.exit_code
             )
             .into());
         }

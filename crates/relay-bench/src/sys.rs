@@ -1,12 +1,9 @@
 //! What the benchmark reads from the operating system and the Docker engine: a process's CPU
 //! time and memory from `/proc`, TCP socket states from `/proc/net/tcp`, and the description of
-//! the machine printed at the top of the report.
+//! the machine printed at the top of the report (the engine's part through bollard).
 
 use std::io;
 use std::time::Duration;
-
-use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use super::{BoxError, Context};
 
@@ -195,7 +192,7 @@ pub struct Machine {
 
 impl Machine {
     /// Reads everything but the engine's answer from `/proc` and `/etc`.
-    pub async fn describe(docker_host: Option<&str>) -> Machine {
+    pub async fn describe(engine: &bollard::Docker) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()
@@ -229,7 +226,7 @@ impl Machine {
                 })
             })
             .unwrap_or_else(|| "unknown".into());
-        let docker = match docker_description(docker_host).await {
+        let docker = match docker_description(engine).await {
             Ok(d) => d,
             Err(e) => format!("unknown ({e})"),
         };
@@ -246,54 +243,21 @@ impl Machine {
 }
 
 /// The engine's version, API version, storage driver and cgroup version.
-async fn docker_description(docker_host: Option<&str>) -> Result<String, BoxError> {
-    let version = engine_get(docker_host, "/version").await?;
-    let info = engine_get(docker_host, "/info").await?;
-    let s = |v: &Value, k: &str| v.get(k).and_then(Value::as_str).unwrap_or("?").to_owned();
-    Ok(format!(
-        "Docker Engine {} (API {}), storage driver {}, cgroup v{}, {} containers on the host at start",
-        s(&version, "Version"),
-        s(&version, "ApiVersion"),
-        s(&info, "Driver"),
-        s(&info, "CgroupVersion"),
-        info.get("Containers").and_then(Value::as_u64).unwrap_or(0)
-    ))
-}
-
-/// One GET of the Engine API as plain HTTP/1.0 over the engine's socket. The relay's Docker
-/// client is not needed for two informational requests, and HTTP/1.0 ends the body with the
-/// connection, so no chunked decoding is needed.
-async fn engine_get(docker_host: Option<&str>, path: &str) -> Result<Value, BoxError> {
+async fn docker_description(engine: &bollard::Docker) -> Result<String, BoxError> {
     const LIMIT: Duration = Duration::from_secs(10);
-    let request = format!("GET {path} HTTP/1.0\r\nHost: docker\r\n\r\n");
-    let host = docker_host.map(str::trim).filter(|h| !h.is_empty());
-    let exchange = async {
-        let mut response = Vec::new();
-        match host {
-            Some(h) if h.starts_with("tcp://") || h.starts_with("http://") => {
-                let addr = h.split_once("://").map_or(h, |(_, a)| a);
-                let mut s = tokio::net::TcpStream::connect(addr).await?;
-                s.write_all(request.as_bytes()).await?;
-                s.read_to_end(&mut response).await?;
-            }
-            other => {
-                let path = other
-                    .map(|h| h.strip_prefix("unix://").unwrap_or(h))
-                    .unwrap_or("/var/run/docker.sock");
-                let mut s = tokio::net::UnixStream::connect(path).await?;
-                s.write_all(request.as_bytes()).await?;
-                s.read_to_end(&mut response).await?;
-            }
-        }
-        Ok::<_, io::Error>(response)
-    };
-    let response = tokio::time::timeout(LIMIT, exchange)
-        .await
-        .map_err(|_| format!("GET {path}: the engine did not answer within {LIMIT:?}"))?
-        .ctx(&format!("GET {path} from the Docker engine"))?;
-    let split = response
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .ok_or_else(|| format!("GET {path}: malformed HTTP response"))?;
-    serde_json::from_slice(&response[split + 4..]).ctx(&format!("GET {path}: body is not JSON"))
+    let (version, info) = tokio::time::timeout(LIMIT, async {
+        tokio::try_join!(engine.version(), engine.info())
+    })
+    .await
+    .map_err(|_| format!("the engine did not answer within {LIMIT:?}"))?
+    .ctx("asking the Docker engine about itself")?;
+    let or_unknown = |v: Option<String>| v.unwrap_or_else(|| "?".into());
+    Ok(format!(
+        "Docker Engine {} (API {}), storage driver {}, cgroup {}, {} containers on the host at start",
+        or_unknown(version.version),
+        or_unknown(version.api_version),
+        or_unknown(info.driver),
+        info.cgroup_version.map_or("?".into(), |c| c.to_string()),
+        info.containers.unwrap_or(0)
+    ))
 }

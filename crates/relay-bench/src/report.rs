@@ -601,7 +601,7 @@ impl Report {
         let m = &self.machine;
         let mut out = String::new();
         let w = &mut out;
-        let _ = writeln!(w, "# pi-relay bench, {}\n", self.started_at);
+        let _ = writeln!(w, "# relay-bench, {}\n", self.started_at);
         let _ = writeln!(
             w,
             "Relay {} as a child process; sandbox image `{}` (`{}`), network `none`. \

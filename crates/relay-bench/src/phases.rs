@@ -35,7 +35,7 @@ const BATCH: usize = 5;
 const CLIENT_TOO_SLOW: u16 = 4008;
 
 fn progress(what: &str) {
-    eprintln!("pi-relay bench: {what}");
+    eprintln!("relay-bench: {what}");
 }
 
 /// How long a run of `n` events may take: generous (10,000 events/s), so only a stuck relay

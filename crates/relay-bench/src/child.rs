@@ -1,5 +1,4 @@
-//! The relay under test: `pi-relay serve` run as a child process of the benchmark (the same
-//! executable), so its CPU time and memory are its own and can be read from `/proc/<pid>`.
+//! The relay under test: `pi-relay serve` run as a child process of the benchmark, so its CPU time and memory are its own and can be read from `/proc/<pid>`.
 //! It gets a free loopback port, temporary directories, the benchmark image, network `none`,
 //! and its own instance id, which labels every container it creates.
 
@@ -33,12 +32,12 @@ fn free_port() -> Result<u16, BoxError> {
 impl RelayChild {
     /// Starts `pi-relay serve` with everything under `root` and waits until `/health` answers.
     pub async fn start(
+        exe: &Path,
         root: &Path,
         image: &str,
         instance_id: &str,
         docker_host: Option<&str>,
     ) -> Result<RelayChild, BoxError> {
-        let exe = std::env::current_exe().ctx("locating the pi-relay executable")?;
         let port = free_port()?;
         let log = root.join("relay.log");
         let log_file = std::fs::File::create(&log).ctx(&format!("creating {}", log.display()))?;

@@ -1,0 +1,467 @@
+//! Session files as host directories, for providers that bind-mount them into sandboxes (Docker,
+//! the fake). The paths are the sandbox contract's: `<stateDir>/sessions/<id>/workspace` →
+//! `/workspace`, `<stateDir>/sessions/<id>/agent` → `/data/agent`, and `<stateDir>/pi-secrets-<id>`
+//! → `/run/secrets` (one file per secret, mode 0400, in a 0700 directory). When the relay runs as
+//! root the directories are handed to the sandbox user, otherwise the sandbox runs as the relay's
+//! own user and owns them already.
+
+use std::io::{self, Write};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
+use std::path::{Component, Path, PathBuf};
+
+use async_trait::async_trait;
+use secrecy::ExposeSecret;
+
+use crate::{AgentFile, SandboxError, SecretFile, SessionStorage, StoredSession};
+
+/// Host paths of one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HostLayout {
+    /// `<stateDir>/sessions/<id>`
+    pub root: PathBuf,
+    /// `…/workspace` → `/workspace`
+    pub workspace: PathBuf,
+    /// `…/agent` → `/data/agent`
+    pub agent: PathBuf,
+    /// `…/sandbox`: files a provider generates for the sandbox (world-readable)
+    pub generated: PathBuf,
+    /// `<stateDir>/pi-secrets-<id>` → `/run/secrets`
+    pub secrets: PathBuf,
+}
+
+impl HostLayout {
+    /// The layout of session `id` under `state_dir`.
+    pub fn new(state_dir: &Path, id: &str) -> HostLayout {
+        let root = state_dir.join("sessions").join(id);
+        HostLayout {
+            workspace: root.join("workspace"),
+            agent: root.join("agent"),
+            generated: root.join("sandbox"),
+            secrets: state_dir.join(format!("pi-secrets-{id}")),
+            root,
+        }
+    }
+}
+
+/// [`SessionStorage`] in host directories under a state directory.
+#[derive(Clone, Debug)]
+pub struct HostStorage {
+    state_dir: PathBuf,
+    /// Hand the directories to the sandbox user (the relay runs as root).
+    chown: bool,
+}
+
+impl HostStorage {
+    /// Storage under `state_dir` (which must be an absolute path: it is bind-mounted). With
+    /// `chown_to_sandbox_user`, what it creates belongs to the sandbox user.
+    pub fn new(state_dir: PathBuf, chown_to_sandbox_user: bool) -> HostStorage {
+        HostStorage {
+            state_dir,
+            chown: chown_to_sandbox_user,
+        }
+    }
+
+    /// The state directory.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The host paths of session `id`.
+    pub fn layout(&self, id: &str) -> HostLayout {
+        HostLayout::new(&self.state_dir, id)
+    }
+
+    fn own(&self, p: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
+        if self.chown {
+            chown(p, Some(uid), Some(gid))?;
+        }
+        Ok(())
+    }
+
+    /// Runs file work off the async runtime, with the session named in its error.
+    async fn blocking<R: Send + 'static>(
+        &self,
+        session: &str,
+        work: impl FnOnce(HostStorage, HostLayout) -> io::Result<R> + Send + 'static,
+    ) -> Result<R, SandboxError> {
+        let storage = self.clone();
+        let layout = self.layout(session);
+        let failed = |source| SandboxError::Storage {
+            session: session.to_owned(),
+            source,
+        };
+        tokio::task::spawn_blocking(move || work(storage, layout))
+            .await
+            .map_err(|e| failed(io::Error::other(e)))?
+            .map_err(failed)
+    }
+
+    fn prepare_blocking(&self, l: &HostLayout, user: (u32, u32)) -> io::Result<()> {
+        for dir in [&l.root, &l.workspace, &l.agent, &l.generated] {
+            std::fs::create_dir_all(dir)?;
+        }
+        // Only the session's own user may enter its directories.
+        std::fs::set_permissions(&l.root, std::fs::Permissions::from_mode(0o750))?;
+        for dir in [&l.root, &l.workspace, &l.agent] {
+            self.own(dir, user)?;
+        }
+        // Generated files are bind-mounted read-only, world-readable like the files they replace.
+        std::fs::set_permissions(&l.generated, std::fs::Permissions::from_mode(0o755))?;
+        self.secrets_dir(l, user)
+    }
+
+    fn secrets_dir(&self, l: &HostLayout, user: (u32, u32)) -> io::Result<()> {
+        std::fs::create_dir_all(&l.secrets)?;
+        std::fs::set_permissions(&l.secrets, std::fs::Permissions::from_mode(0o700))?;
+        self.own(&l.secrets, user)
+    }
+
+    fn write_secrets_blocking(
+        &self,
+        l: &HostLayout,
+        user: (u32, u32),
+        files: &[SecretFile],
+    ) -> io::Result<()> {
+        self.secrets_dir(l, user)?;
+        for f in files {
+            // Names are validated variable names; anything else would escape the directory.
+            if f.name.is_empty()
+                || !f
+                    .name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+            {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("invalid secret file name {:?}", f.name),
+                ));
+            }
+            // A dot name: the entrypoint skips it if a sandbox starts while it exists.
+            let tmp = l.secrets.join(format!(".{}.tmp", f.name));
+            let _ = std::fs::remove_file(&tmp);
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)?;
+            out.write_all(f.value.expose_secret().as_bytes())?;
+            drop(out);
+            self.own(&tmp, user)?;
+            std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o400))?;
+            std::fs::rename(&tmp, l.secrets.join(&f.name))?;
+        }
+        for entry in std::fs::read_dir(&l.secrets)? {
+            let entry = entry?;
+            let keep = entry
+                .file_name()
+                .to_str()
+                .is_some_and(|n| files.iter().any(|f| f.name == n));
+            if !keep {
+                let p = entry.path();
+                if entry.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(&p)?;
+                } else {
+                    std::fs::remove_file(&p)?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn seed_blocking(
+        &self,
+        l: &HostLayout,
+        user: (u32, u32),
+        files: &[AgentFile],
+    ) -> io::Result<()> {
+        for f in files {
+            let relative = f
+                .path
+                .components()
+                .all(|c| matches!(c, Component::Normal(_)));
+            if !relative || f.path.as_os_str().is_empty() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "agent file path {} leaves the agent directory",
+                        f.path.display()
+                    ),
+                ));
+            }
+            let target = l.agent.join(&f.path);
+            if target.exists() {
+                continue;
+            }
+            // Create and own each missing parent, top down.
+            let mut dir = l.agent.clone();
+            for c in f.path.parent().into_iter().flat_map(Path::components) {
+                dir.push(c);
+                if !dir.exists() {
+                    std::fs::create_dir(&dir)?;
+                    self.own(&dir, user)?;
+                }
+            }
+            std::fs::write(&target, &f.content)?;
+            self.own(&target, user)?;
+        }
+        Ok(())
+    }
+
+    fn sessions_blocking(&self) -> io::Result<Vec<StoredSession>> {
+        let ids = |dir: &Path, prefix: &str| -> io::Result<Vec<String>> {
+            let entries = match std::fs::read_dir(dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+                Err(e) => return Err(e),
+            };
+            let mut out = Vec::new();
+            for entry in entries {
+                if let Some(id) = entry?
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(prefix))
+                    // Only names the relay creates: session ids are UUIDs.
+                    .filter(|id| is_uuid(id))
+                {
+                    out.push(id.to_owned());
+                }
+            }
+            Ok(out)
+        };
+        let files = ids(&self.state_dir.join("sessions"), "")?;
+        let secrets = ids(&self.state_dir, "pi-secrets-")?;
+        let mut all: Vec<String> = files.iter().chain(&secrets).cloned().collect();
+        all.sort();
+        all.dedup();
+        Ok(all
+            .into_iter()
+            .map(|id| StoredSession {
+                files: files.contains(&id),
+                secrets: secrets.contains(&id),
+                session_id: id,
+            })
+            .collect())
+    }
+}
+
+/// `8-4-4-4-12` hexadecimal digits.
+fn is_uuid(s: &str) -> bool {
+    let groups: Vec<&str> = s.split('-').collect();
+    groups.len() == 5
+        && groups
+            .iter()
+            .zip([8, 4, 4, 4, 12])
+            .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
+fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
+    match std::fs::remove_dir_all(p) {
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
+#[async_trait]
+impl SessionStorage for HostStorage {
+    async fn prepare(&self, session: &str, user: (u32, u32)) -> Result<(), SandboxError> {
+        self.blocking(session, move |s, l| s.prepare_blocking(&l, user))
+            .await
+    }
+
+    async fn seed_agent_files(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        files: Vec<AgentFile>,
+    ) -> Result<(), SandboxError> {
+        self.blocking(session, move |s, l| s.seed_blocking(&l, user, &files))
+            .await
+    }
+
+    async fn write_secrets(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        files: Vec<SecretFile>,
+    ) -> Result<(), SandboxError> {
+        self.blocking(session, move |s, l| {
+            s.write_secrets_blocking(&l, user, &files)
+        })
+        .await
+    }
+
+    async fn has_secrets(&self, session: &str) -> Result<bool, SandboxError> {
+        self.blocking(session, |_, l| Ok(l.secrets.exists())).await
+    }
+
+    async fn remove_secrets(&self, session: &str) -> Result<(), SandboxError> {
+        self.blocking(session, |_, l| remove_dir_if_exists(&l.secrets))
+            .await
+    }
+
+    async fn remove(&self, session: &str) -> Result<(), SandboxError> {
+        self.blocking(session, |_, l| {
+            remove_dir_if_exists(&l.secrets)?;
+            remove_dir_if_exists(&l.root)
+        })
+        .await
+    }
+
+    async fn sessions(&self) -> Result<Vec<StoredSession>, SandboxError> {
+        self.blocking("*", |s, _| s.sessions_blocking()).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use secrecy::SecretString;
+
+    use super::*;
+
+    const USER: (u32, u32) = (1000, 1000);
+    const ID: &str = "0b7e2a52-4d3c-4c36-9a51-4f0e7a2b9c10";
+
+    fn storage(dir: &Path) -> HostStorage {
+        HostStorage::new(dir.to_path_buf(), false)
+    }
+
+    fn secret(n: &str, v: &str) -> SecretFile {
+        SecretFile {
+            name: n.into(),
+            value: SecretString::from(v),
+        }
+    }
+
+    #[test]
+    fn paths_follow_the_sandbox_contract() {
+        let l = HostLayout::new(Path::new("/state"), "abc");
+        assert_eq!(l.workspace, Path::new("/state/sessions/abc/workspace"));
+        assert_eq!(l.agent, Path::new("/state/sessions/abc/agent"));
+        assert_eq!(l.secrets, Path::new("/state/pi-secrets-abc"));
+    }
+
+    #[tokio::test]
+    async fn prepare_creates_private_dirs_and_keeps_existing_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let l = s.layout(ID);
+        s.prepare(ID, USER).await.unwrap();
+        std::fs::write(l.workspace.join("keep.txt"), "x").unwrap();
+        s.prepare(ID, USER).await.unwrap();
+        assert!(l.workspace.join("keep.txt").exists());
+        assert_eq!(std::fs::metadata(&l.root).unwrap().mode() & 0o777, 0o750);
+        assert_eq!(std::fs::metadata(&l.secrets).unwrap().mode() & 0o777, 0o700);
+        s.remove(ID).await.unwrap();
+        assert!(!l.root.exists() && !l.secrets.exists());
+        s.remove(ID).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn agent_files_fill_in_missing_files_only_and_stay_inside() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let l = s.layout(ID);
+        s.prepare(ID, USER).await.unwrap();
+        std::fs::write(l.agent.join("settings.json"), "pi's own").unwrap();
+        let file = |p: &str, c: &'static str| AgentFile {
+            path: p.into(),
+            content: bytes::Bytes::from_static(c.as_bytes()),
+        };
+        s.seed_agent_files(
+            ID,
+            USER,
+            vec![
+                file("models.json", "{}"),
+                file("sub/dir/x", "x"),
+                file("settings.json", "new"),
+            ],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("models.json")).unwrap(),
+            "{}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("sub/dir/x")).unwrap(),
+            "x"
+        );
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("settings.json")).unwrap(),
+            "pi's own"
+        );
+        for bad in ["../escape", "/etc/x", ""] {
+            let err = s.seed_agent_files(ID, USER, vec![file(bad, "x")]).await;
+            assert!(err.is_err(), "{bad:?}");
+        }
+        assert!(!l.root.join("escape").exists());
+    }
+
+    #[tokio::test]
+    async fn secrets_are_private_files_named_by_variable_and_stale_ones_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let l = s.layout(ID);
+        s.write_secrets(
+            ID,
+            USER,
+            vec![secret("openai_api_key", "sk-1\n"), secret("old_key", "x")],
+        )
+        .await
+        .unwrap();
+        std::fs::write(l.secrets.join(".stray.tmp"), "partial").unwrap();
+        s.write_secrets(ID, USER, vec![secret("openai_api_key", "sk-2")])
+            .await
+            .unwrap();
+        let names: Vec<String> = std::fs::read_dir(&l.secrets)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["openai_api_key"]);
+        let path = l.secrets.join("openai_api_key");
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), "sk-2");
+        assert_eq!(std::fs::metadata(&path).unwrap().mode() & 0o777, 0o400);
+        assert_eq!(std::fs::metadata(&l.secrets).unwrap().mode() & 0o777, 0o700);
+        assert!(s.has_secrets(ID).await.unwrap());
+        let bad = s
+            .write_secrets(ID, USER, vec![secret("../escape", "x")])
+            .await;
+        assert!(bad.is_err());
+        assert!(!dir.path().join("escape").exists());
+        s.remove_secrets(ID).await.unwrap();
+        assert!(!s.has_secrets(ID).await.unwrap());
+    }
+
+    #[tokio::test]
+    async fn stored_sessions_are_listed_by_what_they_have() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let other = "1b7e2a52-4d3c-4c36-9a51-4f0e7a2b9c10";
+        s.prepare(ID, USER).await.unwrap();
+        s.prepare(other, USER).await.unwrap();
+        s.remove_secrets(other).await.unwrap();
+        // Names the relay never creates are not its to list (or remove).
+        std::fs::create_dir_all(dir.path().join("sessions/not-a-session")).unwrap();
+        std::fs::create_dir_all(dir.path().join("pi-secrets-x")).unwrap();
+        assert_eq!(
+            s.sessions().await.unwrap(),
+            [
+                StoredSession {
+                    session_id: ID.into(),
+                    files: true,
+                    secrets: true
+                },
+                StoredSession {
+                    session_id: other.into(),
+                    files: true,
+                    secrets: false
+                },
+            ]
+        );
+        assert!(
+            is_uuid(ID) && !is_uuid("0b7e2a52") && !is_uuid("zb7e2a52-4d3c-4c36-9a51-4f0e7a2b9c10")
+        );
+    }
+}
