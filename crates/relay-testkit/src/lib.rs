@@ -24,8 +24,8 @@
 //! ```
 //!
 //! Layout:
-//! - `server`: [`MockLlm`], the accept loop and request routing.
-//! - `http`: the small HTTP/1.1 request parser (Content-Length and chunked bodies).
+//! - `server`: [`MockLlm`], the axum server on the loopback listener and its shutdown.
+//! - `handler`: the answer to one request (routing, body limit, request log, JSON errors, SSE).
 //! - `completion`: [`Script`], the choice between the tool-call turn and the final-text turn, and
 //!   the chunk JSON for each.
 //! - `agent_config`: [`write_pi_agent_config`].
@@ -33,7 +33,7 @@
 
 mod agent_config;
 mod completion;
-mod http;
+mod handler;
 mod server;
 mod teardown;
 

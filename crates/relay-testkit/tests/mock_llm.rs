@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use relay_testkit::{MockLlm, Script};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
 /// Requests (path, headers, body) that real pi 1.5.2 sent to the Python mock of the recipe.
@@ -91,27 +91,35 @@ impl Response {
     }
 }
 
-/// Sends `raw` on a fresh connection and reads until the server closes it.
+/// Sends `raw` on a fresh connection and reads one response.
 async fn exchange(port: u16, raw: &[u8]) -> Response {
     tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .expect("connect to the mock");
+        let mut stream = BufReader::new(stream);
         stream.write_all(raw).await.expect("write request");
-        let mut bytes = Vec::new();
-        stream.read_to_end(&mut bytes).await.expect("read response");
-        parse_response(&bytes)
+        read_response(&mut stream).await
     })
     .await
     .expect("exchange finished in time")
 }
 
-fn parse_response(bytes: &[u8]) -> Response {
-    let text = String::from_utf8(bytes.to_vec()).expect("response is UTF-8");
-    let (head, body) = text
-        .split_once("\r\n\r\n")
-        .expect("response has a header block");
-    let mut lines = head.split("\r\n");
+/// Reads one response the way an HTTP/1.1 client does: the head, then a body delimited by
+/// chunked framing, by `Content-Length`, or else by the end of the connection. The connection
+/// may stay open for the next request.
+async fn read_response<R: AsyncBufRead + Unpin>(reader: &mut R) -> Response {
+    let mut head = String::new();
+    loop {
+        let mut line = String::new();
+        let read = reader.read_line(&mut line).await.expect("read head");
+        assert!(read > 0, "connection closed inside the head: {head:?}");
+        if line == "\r\n" {
+            break;
+        }
+        head.push_str(&line);
+    }
+    let mut lines = head.lines();
     let status_line = lines.next().expect("status line");
     let status = status_line
         .strip_prefix("HTTP/1.1 ")
@@ -124,11 +132,34 @@ fn parse_response(bytes: &[u8]) -> Response {
             (name.to_owned(), value.trim().to_owned())
         })
         .collect();
-    Response {
+    let mut response = Response {
         status,
         headers,
-        body: body.to_owned(),
+        body: String::new(),
+    };
+
+    let mut body = Vec::new();
+    if response.header("transfer-encoding") == Some("chunked") {
+        loop {
+            let mut size = String::new();
+            reader.read_line(&mut size).await.expect("read chunk size");
+            let size = usize::from_str_radix(size.trim_end(), 16).expect("chunk size is hex");
+            let mut chunk = vec![0; size + 2];
+            reader.read_exact(&mut chunk).await.expect("read chunk");
+            assert!(chunk.ends_with(b"\r\n"), "chunk ends with CRLF");
+            if size == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..size]);
+        }
+    } else if let Some(length) = response.header("content-length") {
+        body.resize(length.parse().expect("content-length is a number"), 0);
+        reader.read_exact(&mut body).await.expect("read body");
+    } else {
+        reader.read_to_end(&mut body).await.expect("read body");
     }
+    response.body = String::from_utf8(body).expect("body is UTF-8");
+    response
 }
 
 /// Formats a request like undici does for pi: `Content-Length`, keep-alive, the SDK's headers.
@@ -174,7 +205,6 @@ fn parse_sse(response: &Response) -> Stream {
     assert_eq!(response.status, 200, "body: {}", response.body);
     assert_eq!(response.header("content-type"), Some("text/event-stream"));
     assert_eq!(response.header("cache-control"), Some("no-cache"));
-    assert_eq!(response.header("connection"), Some("close"));
     assert!(
         response.body.ends_with("data: [DONE]\n\n"),
         "stream must end with [DONE]: {:?}",
@@ -375,6 +405,42 @@ async fn a_get_on_chat_completions_gets_a_405() {
     assert_eq!(response.header("allow"), Some("POST"));
 }
 
+/// undici keeps the connection to the model open between requests; both turns of a conversation
+/// travel on one connection.
+#[tokio::test]
+async fn a_keep_alive_connection_carries_a_whole_conversation() {
+    let llm = MockLlm::start(script()).await.expect("start mock");
+    let port = llm.port();
+    let first = raw_post(
+        port,
+        "/v1/chat/completions",
+        &[],
+        &first_request().to_string(),
+    );
+    let second = second_request(&script().tool_command).to_string();
+    let second = raw_post(port, "/v1/chat/completions", &[], &second);
+
+    let (one, two) = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut stream = BufReader::new(stream);
+        stream.write_all(&first).await.expect("write first request");
+        let one = read_response(&mut stream).await;
+        stream
+            .write_all(&second)
+            .await
+            .expect("write second request");
+        (one, read_response(&mut stream).await)
+    })
+    .await
+    .expect("in time");
+
+    assert_tool_call_turn(&parse_sse(&one), &script().tool_command);
+    assert_final_text_turn(&parse_sse(&two), &script().final_text);
+    assert_eq!(llm.requests().len(), 2);
+}
+
 #[tokio::test]
 async fn any_path_ending_with_chat_completions_is_served() {
     let llm = MockLlm::start(script()).await.expect("start mock");
@@ -425,24 +491,23 @@ async fn a_client_expecting_100_continue_gets_it_before_sending_the_body() {
         body.len()
     );
 
-    let bytes = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
-        let mut stream = TcpStream::connect(("127.0.0.1", llm.port()))
+    let response = tokio::time::timeout(EXCHANGE_TIMEOUT, async {
+        let stream = TcpStream::connect(("127.0.0.1", llm.port()))
             .await
             .expect("connect");
+        let mut stream = BufReader::new(stream);
         stream.write_all(head.as_bytes()).await.expect("write head");
         let interim = b"HTTP/1.1 100 Continue\r\n\r\n";
         let mut got = vec![0; interim.len()];
         stream.read_exact(&mut got).await.expect("read 100");
         assert_eq!(got, interim);
         stream.write_all(body.as_bytes()).await.expect("write body");
-        let mut rest = Vec::new();
-        stream.read_to_end(&mut rest).await.expect("read response");
-        rest
+        read_response(&mut stream).await
     })
     .await
     .expect("in time");
 
-    assert_tool_call_turn(&parse_sse(&parse_response(&bytes)), &script().tool_command);
+    assert_tool_call_turn(&parse_sse(&response), &script().tool_command);
 }
 
 #[tokio::test]
@@ -453,16 +518,19 @@ async fn malformed_requests_get_an_error_and_the_mock_keeps_serving() {
     let bad_length = b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: x\r\n\r\n".to_vec();
     let too_large =
         b"POST /v1/chat/completions HTTP/1.1\r\ncontent-length: 999999999999\r\n\r\n{}".to_vec();
-    let cases: [(&[u8], u16); 4] = [
-        (b"\x00\x01 garbage \xff\r\n\r\n", 400),
-        (&not_json, 400),
-        (&bad_length, 400),
-        (&too_large, 413),
-    ];
+    // Requests that are not HTTP are refused by the HTTP layer itself, with a bare status; the
+    // others reach the mock, which answers in the OpenAI API's error shape.
+    let unparsable: [&[u8]; 2] = [b"\x00\x01 garbage \xff\r\n\r\n", &bad_length];
+    let refused: [(&[u8], u16); 2] = [(&not_json, 400), (&too_large, 413)];
 
-    for (raw, status) in cases {
+    for raw in unparsable {
+        let response = exchange(port, raw).await;
+        assert_eq!(response.status, 400, "body: {}", response.body);
+    }
+    for (raw, status) in refused {
         let response = exchange(port, raw).await;
         assert_eq!(response.status, status, "body: {}", response.body);
+        assert_eq!(response.header("content-type"), Some("application/json"));
         let error: Value = serde_json::from_str(&response.body).expect("error body is JSON");
         assert!(error["error"]["message"].is_string());
     }
@@ -521,7 +589,7 @@ async fn dropping_the_mock_stops_the_listener() {
 
     drop(llm);
 
-    // The abort takes effect when the runtime next polls the accept task, so allow a moment.
+    // The server task sees the shutdown when the runtime next polls it, so allow a moment.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
     loop {
         if TcpStream::connect(("127.0.0.1", port)).await.is_err() {
@@ -533,6 +601,70 @@ async fn dropping_the_mock_stops_the_listener() {
         );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
+}
+
+#[tokio::test]
+async fn dropping_the_mock_ends_the_connections_it_still_holds() {
+    let llm = MockLlm::start(script()).await.expect("start mock");
+    let port = llm.port();
+    let first = raw_post(
+        port,
+        "/v1/chat/completions",
+        &[],
+        &first_request().to_string(),
+    );
+    let stalled_head = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\n\
+         host: 127.0.0.1:{port}\r\n\
+         expect: 100-continue\r\n\
+         content-length: 999\r\n\r\n"
+    );
+
+    tokio::time::timeout(EXCHANGE_TIMEOUT, async move {
+        // One connection idles after a finished exchange, as undici's keep-alive pool leaves it.
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut idle = BufReader::new(stream);
+        idle.write_all(&first).await.expect("write request");
+        let response = read_response(&mut idle).await;
+        assert_tool_call_turn(&parse_sse(&response), &script().tool_command);
+        // The other is stuck inside a body it announced but never finishes. The interim answer
+        // shows that the mock is already waiting for that body.
+        let stream = TcpStream::connect(("127.0.0.1", port))
+            .await
+            .expect("connect");
+        let mut stalled = BufReader::new(stream);
+        stalled
+            .write_all(stalled_head.as_bytes())
+            .await
+            .expect("write head");
+        let mut interim = vec![0; b"HTTP/1.1 100 Continue\r\n\r\n".len()];
+        stalled.read_exact(&mut interim).await.expect("read 100");
+        stalled
+            .write_all(b"{\"model\": ")
+            .await
+            .expect("write part of the body");
+
+        drop(llm);
+
+        let mut rest = Vec::new();
+        idle.read_to_end(&mut rest)
+            .await
+            .expect("read until closed");
+        assert!(
+            rest.is_empty(),
+            "the idle connection is closed without a word"
+        );
+        let response = read_response(&mut stalled).await;
+        assert_eq!(response.status, 503, "body: {}", response.body);
+        stalled
+            .read_to_end(&mut rest)
+            .await
+            .expect("read until closed");
+    })
+    .await
+    .expect("both connections closed in time");
 }
 
 /// Replays every request real pi 1.5.2 sent, with its headers, and checks that the mock picks the
