@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
 
 /// pi-relay: every pi coding-agent session in its own sandbox container.
 #[derive(Debug, Parser)]
@@ -121,9 +121,10 @@ pub struct ServeArgs {
     /// SQLite database file [default: <data dir>/relay.db]
     #[arg(long, env = "PI_RELAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
-    /// Bearer token required on every route but /health (WebSockets may pass ?token=).
-    #[arg(long, env = "PI_RELAY_AUTH_TOKEN", hide_env_values = true)]
-    pub auth_token: Option<String>,
+    /// Bearer token required on every route but /health (WebSockets may pass ?token=). Prefer
+    /// the environment variable: a value on the command line shows in the process list.
+    #[arg(long, env = "PI_RELAY_AUTH_TOKEN", hide_env_values = true, value_parser = secret)]
+    pub auth_token: Option<SecretString>,
     /// Allow listening on a non-loopback address without a token.
     #[arg(long, env = "PI_RELAY_INSECURE")]
     pub insecure: bool,
@@ -215,6 +216,11 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
     }
 }
 
+/// A value kept as a secret from the moment it is parsed (never printed by `Debug`).
+fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
+    Ok(SecretString::from(s))
+}
+
 impl ServeArgs {
     /// Checks combinations and fills in default directories.
     pub fn resolve(&self) -> Result<Resolved, String> {
@@ -228,8 +234,8 @@ impl ServeArgs {
         }
         if self
             .auth_token
-            .as_deref()
-            .is_some_and(|t| t.trim().is_empty())
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().is_empty())
         {
             return Err("PI_RELAY_AUTH_TOKEN is set but empty".into());
         }
@@ -273,6 +279,16 @@ mod tests {
             Command::Serve(s) => *s,
             _ => unreachable!(),
         }
+    }
+
+    #[test]
+    fn the_auth_token_is_never_printed() {
+        let a = parse(&["--auth-token", "s3cr3t-token-value"]);
+        assert_eq!(
+            a.auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("s3cr3t-token-value")
+        );
+        assert!(!format!("{a:?}").contains("s3cr3t-token-value"));
     }
 
     #[test]

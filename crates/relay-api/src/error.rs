@@ -56,10 +56,12 @@ impl From<SessionError> for ApiError {
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),
             SandboxUnavailable(_) => ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg),
             // A runtime that cannot be reached is worth telling the client; the rest is logged.
-            Sandbox(relay_session::SandboxError::Unavailable(_)) => {
+            Sandbox(relay_session::SandboxError::Unavailable { .. }) => {
                 ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg)
             }
-            Store(_) | Sandbox(_) | Io(_) | Key(_) | Crypto(_) => ApiError::Internal(msg),
+            Store(_) | Sandbox(_) | Io(_) | Key(_) | KeyFile { .. } | Crypto(_) => {
+                ApiError::Internal(msg)
+            }
         }
     }
 }

@@ -3,10 +3,11 @@
 //! request's handler runs on.
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use secrecy::ExposeSecret;
 use subtle::ConstantTimeEq;
 
 use crate::AppState;
@@ -96,7 +97,7 @@ pub(crate) async fn request_id(req: Request, next: Next) -> Response {
 /// `Authorization: Bearer <token>`, or `?token=` on WebSocket routes, which browsers cannot
 /// give headers.
 pub(crate) async fn auth(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let Some(expected) = state.auth_token.as_deref() else {
+    let Some(expected) = state.auth_token.as_ref().map(ExposeSecret::expose_secret) else {
         return next.run(req).await;
     };
     if req.uri().path() == "/health" || req.method() == Method::OPTIONS {
@@ -106,7 +107,7 @@ pub(crate) async fn auth(State(state): State<AppState>, req: Request, next: Next
         req.uri()
             .path()
             .starts_with("/ws/")
-            .then(|| query_token(req.uri().query()))
+            .then(|| query_token(req.uri()))
             .flatten()
     });
     let ok = presented.is_some_and(|t| bool::from(t.as_bytes().ct_eq(expected.as_bytes())));
@@ -127,38 +128,13 @@ fn bearer(h: &HeaderMap) -> Option<String> {
         .then(|| token.trim().to_owned())
 }
 
-fn query_token(q: Option<&str>) -> Option<String> {
-    q?.split('&').find_map(|kv| {
-        let (k, v) = kv.split_once('=')?;
-        (k == "token").then(|| percent_decode(v))
-    })
-}
-
-/// Decodes `%XX` escapes and `+` (tokens are usually plain, but a client may encode them).
-pub(crate) fn percent_decode(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        match b[i] {
-            b'%' if i + 2 < b.len() => match (hex(b[i + 1]), hex(b[i + 2])) {
-                (Some(h), Some(l)) => {
-                    out.push(h << 4 | l);
-                    i += 3;
-                    continue;
-                }
-                _ => out.push(b'%'),
-            },
-            b'+' => out.push(b' '),
-            c => out.push(c),
-        }
-        i += 1;
+/// The `token` query parameter, decoded (`?token=` on WebSocket routes).
+fn query_token(uri: &axum::http::Uri) -> Option<String> {
+    #[derive(serde::Deserialize)]
+    struct TokenQuery {
+        token: Option<String>,
     }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-fn hex(c: u8) -> Option<u8> {
-    (c as char).to_digit(16).map(|d| d as u8)
+    Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
 }
 
 /// Unknown routes: a plain-text 404, as the pi-apps relay answers.
@@ -176,21 +152,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn percent_escapes_decode() {
-        assert_eq!(percent_decode("a%2Fb+c"), "a/b c");
-        assert_eq!(percent_decode("abc%"), "abc%");
-        assert_eq!(percent_decode("%zz"), "%zz");
-        assert_eq!(percent_decode("%é1"), "%é1");
-    }
-
-    #[test]
-    fn the_token_is_found_among_query_parameters() {
+    fn the_token_is_found_among_query_parameters_and_decoded() {
+        let uri = |q: &str| q.parse::<axum::http::Uri>().unwrap();
         assert_eq!(
-            query_token(Some("clientId=x&token=s3cr%3Dt")),
-            Some("s3cr=t".into())
+            query_token(&uri("/ws/sessions/x?clientId=x&token=s3cr%3Dt+x")),
+            Some("s3cr=t x".into())
         );
-        assert_eq!(query_token(Some("clientId=x")), None);
-        assert_eq!(query_token(None), None);
+        assert_eq!(query_token(&uri("/ws/sessions/x?clientId=x")), None);
+        assert_eq!(query_token(&uri("/ws/sessions/x")), None);
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub struct AppState {
     /// Settings (`/api/settings`).
     pub settings: SettingsService,
     /// Required bearer token, if any.
-    pub auth_token: Option<String>,
+    pub auth_token: Option<secrecy::SecretString>,
     /// Build commit shown by `/health` (`GIT_COMMIT`, else `dev`).
     pub commit: String,
 }

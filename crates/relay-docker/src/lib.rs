@@ -103,13 +103,13 @@ impl DockerSandbox {
                 Docker::connect_with_http(&h, REQUEST_TIMEOUT_SECS, bollard::API_DEFAULT_VERSION)
             }
         }
-        .map_err(|e| SandboxError::Unavailable(e.to_string()))?;
+        .map_err(|e| SandboxError::unavailable("connecting to Docker", e))?;
         // bollard 0.21 happens to omit the version prefix, so old engines work by accident;
         // negotiating keeps that true once the prefix is sent.
         let docker = docker
             .negotiate_version()
             .await
-            .map_err(|e| SandboxError::Unavailable(format!("cannot reach Docker: {e}")))?;
+            .map_err(|e| SandboxError::unavailable("cannot reach Docker", e))?;
         Ok(DockerSandbox {
             docker,
             storage,
@@ -294,12 +294,12 @@ fn map_err(e: BollardError, what: &str) -> SandboxError {
             SandboxError::InvalidState(message)
         }
         BollardError::DockerResponseServerError { message, .. } => {
-            SandboxError::Runtime(format!("{what}: {message}"))
+            SandboxError::runtime(format!("{what}: {message}"))
         }
         e @ (BollardError::IOError { .. }
         | BollardError::HyperResponseError { .. }
-        | BollardError::RequestTimeoutError) => SandboxError::Unavailable(format!("{what}: {e}")),
-        e => SandboxError::Runtime(format!("{what}: {e}")),
+        | BollardError::RequestTimeoutError) => SandboxError::unavailable(what, e),
+        e => SandboxError::runtime_from(what, e),
     }
 }
 
@@ -344,7 +344,7 @@ impl Sandbox for DockerSandbox {
             .ping()
             .await
             .map(|_| ())
-            .map_err(|e| SandboxError::Unavailable(e.to_string()))
+            .map_err(|e| SandboxError::unavailable("pinging Docker", e))
     }
 
     /// The local image's id. pi-relay never pulls: the image must be on the engine's host.
@@ -363,7 +363,7 @@ impl Sandbox for DockerSandbox {
                 e => map_err(e, "inspect image"),
             })?;
         info.id
-            .ok_or_else(|| SandboxError::Runtime(format!("image {image} has no id")))
+            .ok_or_else(|| SandboxError::runtime(format!("image {image} has no id")))
     }
 
     async fn list_images(&self, label: &str) -> Result<Vec<ImageInfo>, SandboxError> {
@@ -621,7 +621,7 @@ impl Sandbox for DockerSandbox {
             // bollard reports a non-zero exit as an error carrying the code.
             Some(Err(BollardError::DockerContainerWaitError { code, .. })) => Ok(code),
             Some(Err(e)) => Err(map_err(e, "wait container")),
-            None => Err(SandboxError::Runtime("wait ended without a status".into())),
+            None => Err(SandboxError::runtime("wait ended without a status")),
         }
     }
 }

@@ -1,6 +1,10 @@
 //! Re-assembles lines from output chunks. The runtime delivers stdout in frames of its own size
 //! (Docker: at most 32 KiB), so a chunk may hold part of a line or many lines. Lines are split on
 //! `\n` only: pi's JSON may contain U+2028/U+2029, which other splitters treat as line breaks.
+//!
+//! Not tokio-util's `LinesCodec`: that copies every line into a `String`, ends the stream at the
+//! first line that is not UTF-8 (pi's output is passed through as bytes), and costs 2-3 times as
+//! much per line (`relay-bench`'s `line-splitting`, in docs/benchmarks.md).
 
 use bytes::{Bytes, BytesMut};
 

@@ -171,7 +171,7 @@ impl FakeSandbox {
 
     fn take_failure(&self, op: FakeOp) -> Result<(), SandboxError> {
         match self.lock().failures.remove(&op) {
-            Some(msg) => Err(SandboxError::Runtime(msg)),
+            Some(msg) => Err(SandboxError::runtime(msg)),
             None => Ok(()),
         }
     }

@@ -301,11 +301,23 @@ pub enum SandboxError {
         operation: &'static str,
     },
     /// The runtime cannot be reached.
-    #[error("sandbox runtime unavailable: {0}")]
-    Unavailable(String),
+    #[error("sandbox runtime unavailable: {context}: {source}")]
+    Unavailable {
+        /// What the relay was doing.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: BoxError,
+    },
     /// Any other error the runtime reported.
-    #[error("sandbox runtime error: {0}")]
-    Runtime(String),
+    #[error("sandbox runtime error: {context}{}", cause(.source.as_deref()))]
+    Runtime {
+        /// What the relay was doing (and, without a source, what went wrong).
+        context: String,
+        /// Why it failed, when another error says so.
+        #[source]
+        source: Option<BoxError>,
+    },
     /// A session's files could not be written or removed.
     #[error("session files of {session}: {source}")]
     Storage {
@@ -315,6 +327,39 @@ pub enum SandboxError {
         #[source]
         source: std::io::Error,
     },
+}
+
+/// An error kept as the cause of another.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn cause(source: Option<&(dyn std::error::Error + Send + Sync)>) -> String {
+    source.map(|s| format!(": {s}")).unwrap_or_default()
+}
+
+impl SandboxError {
+    /// The runtime cannot be reached while doing `context`, because of `source`.
+    pub fn unavailable(context: impl Into<String>, source: impl Into<BoxError>) -> SandboxError {
+        SandboxError::Unavailable {
+            context: context.into(),
+            source: source.into(),
+        }
+    }
+
+    /// The runtime failed: `what` says how.
+    pub fn runtime(what: impl Into<String>) -> SandboxError {
+        SandboxError::Runtime {
+            context: what.into(),
+            source: None,
+        }
+    }
+
+    /// The runtime failed while doing `context`, because of `source`.
+    pub fn runtime_from(context: impl Into<String>, source: impl Into<BoxError>) -> SandboxError {
+        SandboxError::Runtime {
+            context: context.into(),
+            source: Some(source.into()),
+        }
+    }
 }
 
 /// Keeps each session's files where its sandboxes see them: the workspace, pi's agent directory

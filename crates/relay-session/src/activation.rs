@@ -31,6 +31,19 @@ pub(crate) fn resume_plan(status: SandboxStatus) -> ResumePlan {
     }
 }
 
+/// A sandbox that cannot be resumed makes the session unavailable (503), not failed (500).
+fn unavailable(e: SandboxError) -> SessionError {
+    SessionError::SandboxUnavailable(e)
+}
+
+/// [`unavailable`] for errors of the session layer: only the sandbox's own are turned.
+fn sandbox_unavailable(e: SessionError) -> SessionError {
+    match e {
+        SessionError::Sandbox(s) => SessionError::SandboxUnavailable(s),
+        other => other,
+    }
+}
+
 impl SessionService {
     /// Makes a session usable: waits for provisioning, resumes a suspended sandbox, restarts an
     /// exited one, and re-attaches its hub.
@@ -80,26 +93,25 @@ impl SessionService {
         // Fresh secrets for a sandbox that starts now, and for the next start of one that
         // runs (its entrypoint read them when it started).
         inner.deliver_secrets(id).await?;
-        let unavailable = SessionError::SandboxUnavailable;
         let info = inner.sandbox.inspect(cid).await.map_err(unavailable)?;
         match resume_plan(info.status) {
             ResumePlan::Attach => inner
                 .ensure_attached(id, cid, false)
                 .await
-                .map_err(unavailable)?,
+                .map_err(sandbox_unavailable)?,
             ResumePlan::Unpause => {
                 inner.sandbox.unpause(cid).await.map_err(unavailable)?;
                 inner
                     .ensure_attached(id, cid, false)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(sandbox_unavailable)?;
             }
             ResumePlan::Start => {
                 // `--session-id` makes the restarted pi continue the same conversation.
                 inner
                     .ensure_attached(id, cid, true)
                     .await
-                    .map_err(unavailable)?;
+                    .map_err(sandbox_unavailable)?;
                 if let Some(hub) = inner.hubs.get(id) {
                     hub.log("relay: sandbox restarted".into());
                 }
@@ -156,11 +168,7 @@ impl SessionService {
         };
         let attached = async {
             inner.ensure_attached(id, &SandboxId(cid), false).await?;
-            inner
-                .hubs
-                .get_or_create(id)
-                .await
-                .map_err(|e| SandboxError::Runtime(e.to_string()))
+            Ok::<_, SessionError>(inner.hubs.get_or_create(id).await?)
         }
         .await;
         match attached {
@@ -183,20 +191,20 @@ impl Inner {
         id: &str,
         cid: &SandboxId,
         to_start: bool,
-    ) -> Result<(), SandboxError> {
-        let runtime = |e: relay_store::StoreError| SandboxError::Runtime(e.to_string());
-        let hub = self.hubs.get_or_create(id).await.map_err(runtime)?;
+    ) -> Result<(), SessionError> {
+        let hub = self.hubs.get_or_create(id).await?;
         if hub.status().await.attached {
             return Ok(());
         }
         let info = self.sandbox.inspect(cid).await?;
         // The cursor must include every batch the previous attachment queued.
-        self.store.barrier().await.map_err(runtime)?;
-        let consumed = self.store.stdout_cursor(id).await.map_err(runtime)?;
+        self.store.barrier().await?;
+        let consumed = self.store.stdout_cursor(id).await?;
         let history = self.sandbox.capabilities().output_history;
         match info.status {
             SandboxStatus::Running => {
-                crate::recovery::attach_running(&*self.sandbox, history, &hub, cid, consumed).await
+                crate::recovery::attach_running(&*self.sandbox, history, &hub, cid, consumed)
+                    .await?;
             }
             SandboxStatus::Created | SandboxStatus::Exited if to_start => {
                 crate::recovery::attach_stopped(&*self.sandbox, history, &hub, cid, consumed)
@@ -204,14 +212,15 @@ impl Inner {
                 if history != OutputHistory::SinceCreation {
                     // The next run's output is counted from its first line: recorded before the
                     // caller starts it, so no line of it is journaled ahead of this.
-                    self.store.set_stdout_cursor(id, 0).await.map_err(runtime)?;
+                    self.store.set_stdout_cursor(id, 0).await?;
                 }
-                Ok(())
             }
-            other => Err(SandboxError::InvalidState(format!(
-                "the sandbox is {other:?}"
-            ))),
+            other => {
+                let e = SandboxError::InvalidState(format!("the sandbox is {other:?}"));
+                return Err(e.into());
+            }
         }
+        Ok(())
     }
 }
 

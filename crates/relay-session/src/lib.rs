@@ -218,6 +218,15 @@ pub enum SessionError {
     /// The encryption key is missing, malformed, or not the one the stored secrets need.
     #[error("{0}")]
     Key(String),
+    /// The key file could not be read or written.
+    #[error("{what}: {source}")]
+    KeyFile {
+        /// What the relay was doing, and with which file.
+        what: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
     /// A stored secret does not decrypt (the database was changed outside the relay).
     #[error("secrets vault: {0}")]
     Crypto(String),

@@ -154,7 +154,7 @@ pub(crate) async fn attach_running(
     } = sandbox.attach(cid).await?;
     let marker = format!("{SYNC_ID_PREFIX}{}", uuid::Uuid::new_v4());
     let request = format!("{{\"id\":\"{marker}\",\"type\":\"get_state\"}}\n");
-    let io_error = |e: std::io::Error| SandboxError::Runtime(format!("writing to pi: {e}"));
+    let io_error = |e: std::io::Error| SandboxError::runtime_from("writing to pi", e);
     input
         .write_all(request.as_bytes())
         .await
@@ -190,9 +190,7 @@ pub(crate) async fn attach_running(
         }
     })
     .await
-    .map_err(|_| {
-        SandboxError::Runtime("pi did not answer the relay's re-attach request".into())
-    })??;
+    .map_err(|_| SandboxError::runtime("pi did not answer the relay's re-attach request"))??;
     let live_rest = held.split_off(after_marker).freeze();
 
     // Everything before the marker is in the log, which may lag a little behind the live stream.

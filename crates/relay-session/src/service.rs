@@ -255,7 +255,7 @@ impl SessionService {
             None => SandboxState::NotProvisioned,
             Some(cid) => match self.inner.sandbox.inspect(&SandboxId(cid.clone())).await {
                 Ok(info) => SandboxState::Present(info.status),
-                Err(SandboxError::Unavailable(_)) => SandboxState::Unreachable,
+                Err(SandboxError::Unavailable { .. }) => SandboxState::Unreachable,
                 Err(_) => SandboxState::Gone,
             },
         };

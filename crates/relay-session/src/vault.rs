@@ -256,14 +256,15 @@ pub async fn rotate(
     let key_file = match source {
         KeySource::File(path) => {
             let pending = pending_path(path);
-            std::fs::rename(&pending, path).map_err(|e| {
-                SessionError::Key(format!(
-                    "the secrets were re-encrypted, but {} could not replace {}: {e}. The next \
-                     start of the relay finishes this; do not delete {}.",
+            std::fs::rename(&pending, path).map_err(|source| SessionError::KeyFile {
+                what: format!(
+                    "the secrets were re-encrypted, but {} could not replace {} (the next start \
+                     of the relay finishes this; do not delete {})",
                     pending.display(),
                     path.display(),
                     pending.display()
-                ))
+                ),
+                source,
             })?;
             sync_dir(path)?;
             Some(path.clone())
@@ -366,11 +367,11 @@ fn read_key_file(path: &Path) -> Result<Option<EncryptionKey>, SessionError> {
     let meta = match std::fs::metadata(path) {
         Ok(m) => m,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => {
-            return Err(SessionError::Key(format!(
-                "cannot read the key file {}: {e}",
-                path.display()
-            )));
+        Err(source) => {
+            return Err(SessionError::KeyFile {
+                what: format!("cannot read the key file {}", path.display()),
+                source,
+            });
         }
     };
     if !meta.is_file() {
@@ -390,9 +391,13 @@ fn read_key_file(path: &Path) -> Result<Option<EncryptionKey>, SessionError> {
             path.display()
         )));
     }
-    let text = secrecy::zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|e| {
-        SessionError::Key(format!("cannot read the key file {}: {e}", path.display()))
-    })?);
+    let text =
+        secrecy::zeroize::Zeroizing::new(std::fs::read_to_string(path).map_err(|source| {
+            SessionError::KeyFile {
+                what: format!("cannot read the key file {}", path.display()),
+                source,
+            }
+        })?);
     EncryptionKey::from_base64(&text, &format!("the key file {}", path.display())).map(Some)
 }
 
@@ -412,11 +417,9 @@ fn write_new_file(path: &Path, key: &EncryptionKey) -> std::io::Result<()> {
 /// Creates the key file atomically: written in full to a temporary name, then linked to the
 /// final name, which fails rather than replace a key that appeared in the meantime.
 fn create_key_file(path: &Path, key: &EncryptionKey) -> Result<(), SessionError> {
-    let fail = |e: std::io::Error| {
-        SessionError::Key(format!(
-            "cannot create the key file {}: {e}",
-            path.display()
-        ))
+    let fail = |source: std::io::Error| SessionError::KeyFile {
+        what: format!("cannot create the key file {}", path.display()),
+        source,
     };
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).map_err(fail)?;
@@ -435,8 +438,10 @@ fn create_key_file(path: &Path, key: &EncryptionKey) -> Result<(), SessionError>
 fn write_pending_key(path: &Path, key: &EncryptionKey) -> Result<(), SessionError> {
     let pending = pending_path(path);
     let _ = std::fs::remove_file(&pending);
-    write_new_file(&pending, key)
-        .map_err(|e| SessionError::Key(format!("cannot write {}: {e}", pending.display())))?;
+    write_new_file(&pending, key).map_err(|source| SessionError::KeyFile {
+        what: format!("cannot write {}", pending.display()),
+        source,
+    })?;
     sync_dir(path)
 }
 

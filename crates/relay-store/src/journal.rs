@@ -82,7 +82,7 @@ impl JournalKeys {
                 )?
                 .execute([&**session_id])?;
                 let k = existing_key(c, session_id)?.ok_or_else(|| {
-                    StoreError::Commit(format!("journal of {session_id} vanished"))
+                    StoreError::Inconsistent(format!("journal of {session_id} vanished"))
                 })?;
                 self.keys.insert(session_id.clone(), k);
                 k

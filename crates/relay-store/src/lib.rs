@@ -47,9 +47,21 @@ pub enum StoreError {
     /// SQLite reported an error.
     #[error("database error: {0}")]
     Sqlite(#[from] rusqlite::Error),
-    /// The transaction holding this write failed to commit.
+    /// The transaction holding this write failed to commit (the cause is shared by every write
+    /// of the batch).
     #[error("database commit failed: {0}")]
-    Commit(String),
+    Commit(#[source] Arc<StoreError>),
+    /// A WAL checkpoint could not copy every page back (readers held some).
+    #[error("checkpoint incomplete ({done} of {log} pages)")]
+    CheckpointIncomplete {
+        /// Pages copied.
+        done: i64,
+        /// Pages in the log.
+        log: i64,
+    },
+    /// The database does not hold what the relay wrote a moment ago.
+    #[error("database inconsistent: {0}")]
+    Inconsistent(String),
     /// The writer thread has stopped (the store is closing).
     #[error("database writer has stopped")]
     Closed,
@@ -64,9 +76,12 @@ pub enum StoreError {
     /// A row violates a uniqueness or reference constraint.
     #[error("constraint violated: {0}")]
     Constraint(String),
-    /// A background task failed.
+    /// A read or maintenance task on a blocking thread failed.
     #[error("database task failed: {0}")]
-    Task(String),
+    Task(#[source] tokio::task::JoinError),
+    /// The writer thread could not be started.
+    #[error("cannot start the database writer: {0}")]
+    WriterThread(#[source] std::io::Error),
     /// The caller abandoned a write; its transaction was rolled back and nothing changed.
     #[error("write abandoned, nothing changed: {0}")]
     Aborted(String),
@@ -126,7 +141,7 @@ impl Store {
         std::thread::Builder::new()
             .name("store-writer".into())
             .spawn(move || writer::run(conn, rx))
-            .map_err(|e| StoreError::Task(e.to_string()))?;
+            .map_err(StoreError::WriterThread)?;
         Ok(Store {
             inner: Arc::new(Inner {
                 path: path.to_path_buf(),
@@ -168,7 +183,7 @@ impl Store {
             let done: writer::Completion = Box::new(move |commit| {
                 let _ = reply.send(match commit {
                     Ok(()) => result,
-                    Err(e) => Err(StoreError::Commit(e.to_string())),
+                    Err(e) => Err(StoreError::Commit(e)),
                 });
             });
             (ok, done)
@@ -208,7 +223,7 @@ impl Store {
             result
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(StoreError::Task)?
     }
 
     /// Queues one journal line. Returns once the writer has accepted it (not yet committed);
@@ -284,14 +299,12 @@ impl Store {
                     Ok((r.get(0)?, r.get(1)?, r.get(2)?))
                 })?;
             if busy != 0 || done < log {
-                return Err(StoreError::Commit(format!(
-                    "checkpoint incomplete ({done} of {log} pages)"
-                )));
+                return Err(StoreError::CheckpointIncomplete { done, log });
             }
             Ok(())
         })
         .await
-        .map_err(|e| StoreError::Task(e.to_string()))?
+        .map_err(StoreError::Task)?
     }
 
     // ---- sessions ----

@@ -1,5 +1,7 @@
 //! The writer thread: owns the only write connection and commits queued work in batches.
 
+use std::sync::Arc;
+
 use rusqlite::{Connection, params};
 use tokio::sync::{mpsc, oneshot};
 
@@ -7,7 +9,7 @@ use crate::journal::{self, JournalKeys};
 use crate::{JournalEntry, MAX_BATCH, StoreError};
 
 /// Called after the transaction holding a job commits (or fails to).
-pub(crate) type Completion = Box<dyn FnOnce(Result<(), &StoreError>) + Send>;
+pub(crate) type Completion = Box<dyn FnOnce(Result<(), Arc<StoreError>>) + Send>;
 /// A unit of work run inside the writer's transaction; returns whether it succeeded (a failed
 /// job's changes are rolled back to its savepoint) and its completion. Jobs that add or drop
 /// journals get the writer's key cache.
@@ -103,12 +105,13 @@ fn commit_batch(conn: &mut Connection, batch: &mut Vec<WriteOp>, keys: &mut Jour
     })();
     batch.clear();
     drop(budget);
+    let result = result.map_err(Arc::new);
     if let Err(e) = &result {
         tracing::error!(error = %e, "store batch failed to commit");
         keys.clear();
     }
     for done in completions {
-        done(result.as_ref().map(|_| ()));
+        done(result.clone());
     }
     for b in barriers {
         let _ = b.send(());

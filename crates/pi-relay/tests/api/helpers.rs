@@ -120,7 +120,10 @@ pub async fn start_with(
         ws_base: format!("ws://{addr}"),
         http: reqwest::Client::new(),
         fake,
-        token: args.auth_token.clone(),
+        token: args
+            .auth_token
+            .as_ref()
+            .map(|t| secrecy::ExposeSecret::expose_secret(t).to_owned()),
         dir,
     }
 }
