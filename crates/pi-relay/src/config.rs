@@ -11,10 +11,12 @@ use secrecy::{ExposeSecret, SecretString};
 #[derive(Debug, Parser)]
 #[command(name = "pi-relay", version, about)]
 pub struct Cli {
+    /// What to do.
     #[command(subcommand)]
     pub command: Command,
 }
 
+/// The commands of `pi-relay`.
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the relay.
@@ -65,6 +67,7 @@ impl StoreArgs {
 /// Settings of `pi-relay secrets rotate-key`.
 #[derive(Clone, Debug, Args)]
 pub struct RotateKeyArgs {
+    /// Where the database is.
     #[command(flatten)]
     pub store: StoreArgs,
     /// The new key (base64 of 32 bytes) instead of a random one. Prefer the variable: a flag
@@ -76,6 +79,7 @@ pub struct RotateKeyArgs {
 /// Settings of `pi-relay secrets forget`.
 #[derive(Clone, Debug, Args)]
 pub struct ForgetArgs {
+    /// Where the database is.
     #[command(flatten)]
     pub store: StoreArgs,
     /// Confirms that every stored secret is to be deleted.
@@ -192,9 +196,13 @@ pub struct ServeArgs {
 /// Settings resolved to concrete values.
 #[derive(Clone, Debug)]
 pub struct Resolved {
+    /// Database and instance id.
     pub data_dir: PathBuf,
+    /// Relay configuration (the key file).
     pub config_dir: PathBuf,
+    /// Session files and secrets directories.
     pub state_dir: PathBuf,
+    /// The SQLite file.
     pub db_path: PathBuf,
 }
 

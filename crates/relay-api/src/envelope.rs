@@ -12,12 +12,12 @@ struct Envelope<'a, T: Serialize> {
 }
 
 /// 200 `{data, error: null}`.
-pub fn ok<T: Serialize>(data: T) -> Response {
+pub(crate) fn ok<T: Serialize>(data: T) -> Response {
     with_status(StatusCode::OK, data)
 }
 
 /// `{data, error: null}` with another success status (201 for created secrets).
-pub fn with_status<T: Serialize>(status: StatusCode, data: T) -> Response {
+pub(crate) fn with_status<T: Serialize>(status: StatusCode, data: T) -> Response {
     let body = Envelope {
         data: Some(data),
         error: None,
@@ -26,7 +26,7 @@ pub fn with_status<T: Serialize>(status: StatusCode, data: T) -> Response {
 }
 
 /// `{data: null, error}`.
-pub fn error(status: StatusCode, message: &str) -> Response {
+pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     let body = Envelope::<()> {
         data: None,
         error: Some(message),

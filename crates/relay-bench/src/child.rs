@@ -15,7 +15,7 @@ const STOP_LIMIT: Duration = Duration::from_secs(20);
 
 /// A running relay child.
 #[derive(Debug)]
-pub struct RelayChild {
+pub(crate) struct RelayChild {
     child: tokio::process::Child,
     pub pid: u32,
     pub port: u16,
@@ -31,7 +31,7 @@ fn free_port() -> Result<u16, BoxError> {
 
 impl RelayChild {
     /// Starts `pi-relay serve` with everything under `root` and waits until `/health` answers.
-    pub async fn start(
+    pub(crate) async fn start(
         exe: &Path,
         root: &Path,
         image: &str,
@@ -82,7 +82,7 @@ impl RelayChild {
 
     /// Stops the relay as an operator would (SIGTERM), waits for it, and kills it if it hangs.
     /// Returns how it ended.
-    pub async fn stop(mut self) -> Result<String, BoxError> {
+    pub(crate) async fn stop(mut self) -> Result<String, BoxError> {
         sigterm(self.pid).ctx("sending SIGTERM to the relay")?;
         match tokio::time::timeout(STOP_LIMIT, self.child.wait()).await {
             Ok(status) => Ok(format!(
@@ -97,7 +97,7 @@ impl RelayChild {
     }
 
     /// The last lines the relay logged.
-    pub fn log_tail(&self, lines: usize) -> String {
+    pub(crate) fn log_tail(&self, lines: usize) -> String {
         log_tail(&self.log, lines)
     }
 }

@@ -11,7 +11,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 use super::{BoxError, Context};
 
 /// A WebSocket connection to the relay.
-pub type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
+pub(crate) type Ws = WebSocketStream<MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// Limit of an ordinary REST call.
 const REQUEST_LIMIT: Duration = Duration::from_secs(30);
@@ -24,7 +24,7 @@ const CONNECT_LIMIT: Duration = Duration::from_secs(10);
 
 /// REST and WebSocket access to one relay.
 #[derive(Clone, Debug)]
-pub struct Api {
+pub(crate) struct Api {
     http: reqwest::Client,
     base: String,
     ws_base: String,
@@ -32,7 +32,7 @@ pub struct Api {
 
 impl Api {
     /// A client of the relay on loopback `port`.
-    pub fn new(port: u16) -> Result<Api, BoxError> {
+    pub(crate) fn new(port: u16) -> Result<Api, BoxError> {
         Ok(Api {
             // One keep-alive connection per concurrent caller, like a real client.
             http: reqwest::Client::builder()
@@ -45,7 +45,7 @@ impl Api {
     }
 
     /// The URL of a path on the relay.
-    pub fn url(&self, path: &str) -> String {
+    pub(crate) fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
 
@@ -75,13 +75,13 @@ impl Api {
     }
 
     /// `GET /health`.
-    pub async fn health(&self) -> Result<Value, BoxError> {
+    pub(crate) async fn health(&self) -> Result<Value, BoxError> {
         self.call(reqwest::Method::GET, "/health", None, REQUEST_LIMIT)
             .await
     }
 
     /// `POST /api/sessions` for a chat session; returns its id.
-    pub async fn create_session(&self) -> Result<String, BoxError> {
+    pub(crate) async fn create_session(&self) -> Result<String, BoxError> {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -97,7 +97,7 @@ impl Api {
     }
 
     /// `POST /api/sessions/:id/activate`; returns once the session is active, with its lastSeq.
-    pub async fn activate(&self, id: &str, client_id: &str) -> Result<u64, BoxError> {
+    pub(crate) async fn activate(&self, id: &str, client_id: &str) -> Result<u64, BoxError> {
         let v = self
             .call(
                 reqwest::Method::POST,
@@ -112,7 +112,7 @@ impl Api {
     }
 
     /// `DELETE /api/sessions/:id`.
-    pub async fn delete_session(&self, id: &str) -> Result<(), BoxError> {
+    pub(crate) async fn delete_session(&self, id: &str) -> Result<(), BoxError> {
         self.call(
             reqwest::Method::DELETE,
             &format!("/api/sessions/{id}"),
@@ -124,7 +124,7 @@ impl Api {
     }
 
     /// `GET /api/sessions/:id/events?afterSeq=&limit=`: the page's events and its lastSeq.
-    pub async fn events(
+    pub(crate) async fn events(
         &self,
         id: &str,
         after: u64,
@@ -150,7 +150,12 @@ impl Api {
     }
 
     /// Opens `/ws/sessions/:id` without reading anything from it.
-    pub async fn ws_raw(&self, id: &str, client_id: &str, last_seq: u64) -> Result<Ws, BoxError> {
+    pub(crate) async fn ws_raw(
+        &self,
+        id: &str,
+        client_id: &str,
+        last_seq: u64,
+    ) -> Result<Ws, BoxError> {
         let url = format!(
             "{}/ws/sessions/{id}?clientId={client_id}&lastSeq={last_seq}",
             self.ws_base
@@ -164,7 +169,7 @@ impl Api {
 
     /// Opens `/ws/sessions/:id` and reads its `connected` message; returns the socket and the
     /// message's lastSeq.
-    pub async fn ws(
+    pub(crate) async fn ws(
         &self,
         id: &str,
         client_id: &str,
@@ -182,7 +187,7 @@ impl Api {
 }
 
 /// Sends a text frame.
-pub async fn send_text(ws: &mut Ws, text: String) -> Result<(), BoxError> {
+pub(crate) async fn send_text(ws: &mut Ws, text: String) -> Result<(), BoxError> {
     tokio::time::timeout(REQUEST_LIMIT, ws.send(Message::Text(text.into())))
         .await
         .map_err(|_| "sending a WebSocket frame timed out")?
@@ -191,7 +196,7 @@ pub async fn send_text(ws: &mut Ws, text: String) -> Result<(), BoxError> {
 }
 
 /// The next text frame, failing after `limit` without one or when the socket closes.
-pub async fn next_text(ws: &mut Ws, limit: Duration) -> Result<Utf8Bytes, BoxError> {
+pub(crate) async fn next_text(ws: &mut Ws, limit: Duration) -> Result<Utf8Bytes, BoxError> {
     let deadline = tokio::time::sleep(limit);
     tokio::pin!(deadline);
     loop {
@@ -214,7 +219,7 @@ pub async fn next_text(ws: &mut Ws, limit: Duration) -> Result<Utf8Bytes, BoxErr
 
 /// Whether a frame is the relay's own message rather than a pi line (only pi lines and
 /// prompts are journaled).
-pub fn is_relay_frame(frame: &str) -> bool {
+pub(crate) fn is_relay_frame(frame: &str) -> bool {
     [
         "{\"type\":\"connected\"",
         "{\"type\":\"replay_start\"",
@@ -227,12 +232,12 @@ pub fn is_relay_frame(frame: &str) -> bool {
 }
 
 /// The `message_update` lines of floods and paced runs.
-pub const UPDATE_PREFIX: &str = "{\"type\":\"message_update\"";
+pub(crate) const UPDATE_PREFIX: &str = "{\"type\":\"message_update\"";
 /// The line that ends every fake-pi run.
-pub const SETTLED_PREFIX: &str = "{\"type\":\"agent_settled\"";
+pub(crate) const SETTLED_PREFIX: &str = "{\"type\":\"agent_settled\"";
 
 /// The `sentAtNs` stamp of a paced line.
-pub fn sent_at_ns(line: &[u8]) -> Option<i128> {
+pub(crate) fn sent_at_ns(line: &[u8]) -> Option<i128> {
     const KEY: &[u8] = b"\"sentAtNs\":";
     let at = line.windows(KEY.len()).rposition(|w| w == KEY)? + KEY.len();
     let digits = &line[at..];
@@ -244,7 +249,7 @@ pub fn sent_at_ns(line: &[u8]) -> Option<i128> {
 }
 
 /// Now on CLOCK_REALTIME, in nanoseconds since the epoch (what fake-pi stamps lines with).
-pub fn realtime_ns() -> i128 {
+pub(crate) fn realtime_ns() -> i128 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i128::try_from(d.as_nanos()).unwrap_or(i128::MAX))

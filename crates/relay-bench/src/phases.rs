@@ -49,7 +49,7 @@ fn prompt_line(message: &str) -> String {
 }
 
 /// Runs every phase, filling in `report`.
-pub async fn run_all(b: &Bench, r: &mut Report) {
+pub(crate) async fn run_all(b: &Bench, r: &mut Report) {
     // Right after start: nothing has been created yet.
     tokio::time::sleep(Duration::from_millis(500)).await;
     r.idle_rss_kb = sys::rss_kb(b.relay_pid).map_err(|e| format!("reading VmRSS: {e}"));
@@ -187,7 +187,7 @@ async fn many_sessions(b: &Bench) -> Result<SessionsResult, BoxError> {
 
 /// The session every streaming measurement uses, with one reading client, and the journal's
 /// last sequence number as it must be once everything seen so far is committed.
-pub struct MainSession {
+pub(crate) struct MainSession {
     id: String,
     api: Api,
     ws: Ws,

@@ -12,7 +12,7 @@ const HEALTH_LIMIT: Duration = Duration::from_secs(5);
 
 /// One `/health` answer.
 #[derive(Clone, Copy, Debug)]
-pub struct HealthSample {
+pub(crate) struct HealthSample {
     /// When the request was sent.
     pub at: Instant,
     /// Until the whole body was read.
@@ -21,7 +21,7 @@ pub struct HealthSample {
 
 /// What a [`HealthProbe`] saw.
 #[derive(Clone, Debug, Default)]
-pub struct HealthRecord {
+pub(crate) struct HealthRecord {
     pub samples: Vec<HealthSample>,
     /// Requests that failed or took longer than 5 s.
     pub failures: usize,
@@ -29,7 +29,7 @@ pub struct HealthRecord {
 
 impl HealthRecord {
     /// Latencies of the samples sent in `[from, to)`.
-    pub fn between(&self, from: Instant, to: Instant) -> Vec<Duration> {
+    pub(crate) fn between(&self, from: Instant, to: Instant) -> Vec<Duration> {
         self.samples
             .iter()
             .filter(|s| s.at >= from && s.at < to)
@@ -38,7 +38,7 @@ impl HealthRecord {
     }
 
     /// All latencies.
-    pub fn latencies(&self) -> Vec<Duration> {
+    pub(crate) fn latencies(&self) -> Vec<Duration> {
         self.samples.iter().map(|s| s.latency).collect()
     }
 }
@@ -47,14 +47,14 @@ impl HealthRecord {
 /// own runtime: the benchmark's runtime is busy reading floods, and a poller sharing it would
 /// measure the benchmark's scheduling instead of the relay's.
 #[derive(Debug)]
-pub struct HealthProbe {
+pub(crate) struct HealthProbe {
     stop: CancellationToken,
     thread: std::thread::JoinHandle<Result<HealthRecord, String>>,
 }
 
 impl HealthProbe {
     /// Starts polling `url`.
-    pub fn start(url: String, period: Duration) -> Result<HealthProbe, BoxError> {
+    pub(crate) fn start(url: String, period: Duration) -> Result<HealthProbe, BoxError> {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let thread = std::thread::Builder::new()
@@ -71,7 +71,7 @@ impl HealthProbe {
     }
 
     /// Stops polling (after the request in flight) and returns what was seen.
-    pub async fn finish(self) -> Result<HealthRecord, BoxError> {
+    pub(crate) async fn finish(self) -> Result<HealthRecord, BoxError> {
         self.stop.cancel();
         let thread = self.thread;
         let joined = tokio::time::timeout(
@@ -126,14 +126,14 @@ async fn poll(
 
 /// Samples a process's VmRSS every 50 ms and keeps the peak.
 #[derive(Debug)]
-pub struct RssSampler {
+pub(crate) struct RssSampler {
     stop: CancellationToken,
     task: tokio::task::JoinHandle<u64>,
 }
 
 impl RssSampler {
     /// Starts sampling `pid`.
-    pub fn start(pid: u32) -> RssSampler {
+    pub(crate) fn start(pid: u32) -> RssSampler {
         let stop = CancellationToken::new();
         let token = stop.clone();
         let task = tokio::spawn(async move {
@@ -152,7 +152,7 @@ impl RssSampler {
     }
 
     /// The peak in KiB.
-    pub async fn finish(self) -> Result<u64, BoxError> {
+    pub(crate) async fn finish(self) -> Result<u64, BoxError> {
         self.stop.cancel();
         Ok(self.task.await.map_err(|e| format!("RSS sampler: {e}"))?)
     }

@@ -19,7 +19,7 @@ const READY_LIMIT: Duration = Duration::from_secs(60);
 
 /// Engine API timings of one raw create → running.
 #[derive(Clone, Copy, Debug)]
-pub struct RawTimes {
+pub(crate) struct RawTimes {
     pub create: Duration,
     pub start: Duration,
     pub inspect: Duration,
@@ -28,7 +28,7 @@ pub struct RawTimes {
 
 /// Creates and removes baseline containers.
 #[derive(Debug)]
-pub struct Raw {
+pub(crate) struct Raw {
     docker: DockerSandbox,
     image_id: String,
     user: (u32, u32),
@@ -40,7 +40,7 @@ pub struct Raw {
 impl Raw {
     /// Baseline containers of `image_id`, with session files in `docker`'s storage, run as the
     /// user the relay would pick (it runs as the same user as the benchmark).
-    pub fn new(
+    pub(crate) fn new(
         docker: DockerSandbox,
         image_id: String,
         instance_id: String,
@@ -101,7 +101,7 @@ impl Raw {
 
     /// Create + start + inspect, each timed; the container keeps running until
     /// [`Raw::remove_all`].
-    pub async fn create_start_inspect(&self) -> Result<RawTimes, BoxError> {
+    pub(crate) async fn create_start_inspect(&self) -> Result<RawTimes, BoxError> {
         let spec = self.prepare().await?;
         let t0 = Instant::now();
         let id = self.create(&spec).await?;
@@ -131,7 +131,7 @@ impl Raw {
 
     /// A running container attached before start, as the relay attaches, whose pi has answered
     /// a `get_state`.
-    pub async fn start_attached(&self) -> Result<RawPi, BoxError> {
+    pub(crate) async fn start_attached(&self) -> Result<RawPi, BoxError> {
         let spec = self.prepare().await?;
         let id = self.create(&spec).await?;
         let io = self.docker.attach(&id).await.ctx("raw attach")?;
@@ -150,7 +150,7 @@ impl Raw {
     }
 
     /// Removes a container this run created.
-    pub async fn remove(&self, id: &SandboxId) -> Result<(), BoxError> {
+    pub(crate) async fn remove(&self, id: &SandboxId) -> Result<(), BoxError> {
         self.docker
             .remove(id)
             .await
@@ -163,7 +163,7 @@ impl Raw {
     }
 
     /// Removes every container this run created, a few at a time; returns the failures.
-    pub async fn remove_all(&self) -> Vec<String> {
+    pub(crate) async fn remove_all(&self) -> Vec<String> {
         let ids = std::mem::take(&mut *self.created.lock().unwrap_or_else(|p| p.into_inner()));
         let mut errors = Vec::new();
         for chunk in ids.chunks(5) {
@@ -180,7 +180,7 @@ impl Raw {
 }
 
 /// An attached baseline container.
-pub struct RawPi {
+pub(crate) struct RawPi {
     pub id: SandboxId,
     output: OutputStream,
     input: Pin<Box<dyn AsyncWrite + Send>>,
@@ -198,7 +198,7 @@ impl std::fmt::Debug for RawPi {
 
 impl RawPi {
     /// Writes one command line to pi's stdin.
-    pub async fn send_line(&mut self, line: &str) -> Result<(), BoxError> {
+    pub(crate) async fn send_line(&mut self, line: &str) -> Result<(), BoxError> {
         let mut bytes = Vec::with_capacity(line.len() + 1);
         bytes.extend_from_slice(line.as_bytes());
         bytes.push(b'\n');
@@ -214,7 +214,7 @@ impl RawPi {
 
     /// Reads stdout lines, calling `each` on every one, until one satisfies `done` (included);
     /// returns how many lines were read. Splits on `\n` like the relay does.
-    pub async fn read_until(
+    pub(crate) async fn read_until(
         &mut self,
         limit: Duration,
         done: impl Fn(&[u8]) -> bool,

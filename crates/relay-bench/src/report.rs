@@ -12,7 +12,7 @@ use super::stats::{Summary, fmt_count, fmt_kib, fmt_kib_delta, fmt_ms, fmt_ratio
 use super::sys::{Machine, TcpEntry, ThreadTimes};
 
 /// Why a figure is missing, or the figure.
-pub type Outcome<T> = Result<T, String>;
+pub(crate) type Outcome<T> = Result<T, String>;
 
 /// Targets (see docs/benchmarks.md).
 const CREATE_RATIO_MAX: f64 = 1.05;
@@ -27,7 +27,7 @@ const STALLED_EXTRA_MAX_KIB: u64 = 16 * 1024;
 
 /// The sizes this run used.
 #[derive(Clone, Debug)]
-pub struct Settings {
+pub(crate) struct Settings {
     pub sessions: usize,
     pub flood: u64,
     pub health_flood: u64,
@@ -41,13 +41,13 @@ pub struct Settings {
 }
 
 #[derive(Clone, Debug)]
-pub struct CreateResult {
+pub(crate) struct CreateResult {
     pub relay: Vec<Duration>,
     pub raw: Vec<RawTimes>,
 }
 
 #[derive(Clone, Debug)]
-pub struct SessionsResult {
+pub(crate) struct SessionsResult {
     pub count: usize,
     pub rss_before_kb: u64,
     pub rss_active_kb: u64,
@@ -57,7 +57,7 @@ pub struct SessionsResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct JournalCheck {
+pub(crate) struct JournalCheck {
     pub expected_last: u64,
     pub last_seq: u64,
     pub events: u64,
@@ -71,7 +71,7 @@ pub struct JournalCheck {
 }
 
 #[derive(Clone, Debug)]
-pub struct FloodResult {
+pub(crate) struct FloodResult {
     pub n: u64,
     pub relay_elapsed: Duration,
     pub relay_updates: u64,
@@ -97,7 +97,7 @@ pub struct FloodResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct HealthResult {
+pub(crate) struct HealthResult {
     pub n: u64,
     /// Times the reading client was cut off (4008) and resumed by lastSeq.
     pub resumed: u32,
@@ -111,7 +111,7 @@ pub struct HealthResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct LatencyResult {
+pub(crate) struct LatencyResult {
     pub count: u64,
     pub interval_us: u64,
     pub relay_us: Vec<f64>,
@@ -119,7 +119,7 @@ pub struct LatencyResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct ReplayRun {
+pub(crate) struct ReplayRun {
     pub from: u64,
     pub to: u64,
     pub frames: u64,
@@ -130,7 +130,7 @@ pub struct ReplayRun {
 }
 
 #[derive(Clone, Debug)]
-pub struct ReplayResult {
+pub(crate) struct ReplayResult {
     pub journal_last: u64,
     pub rss_before_kb: u64,
     pub partial: ReplayRun,
@@ -138,7 +138,7 @@ pub struct ReplayResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct StalledResult {
+pub(crate) struct StalledResult {
     pub n: u64,
     pub updates: u64,
     pub flood_elapsed: Duration,
@@ -155,7 +155,7 @@ pub struct StalledResult {
 }
 
 #[derive(Clone, Debug)]
-pub struct DeleteResult {
+pub(crate) struct DeleteResult {
     pub events: u64,
     pub delete_elapsed: Duration,
     pub quiet_after: Option<Duration>,
@@ -166,7 +166,7 @@ pub struct DeleteResult {
 
 /// Everything one run measured.
 #[derive(Debug)]
-pub struct Report {
+pub(crate) struct Report {
     pub settings: Settings,
     pub machine: Machine,
     pub started_at: String,
@@ -262,7 +262,7 @@ fn rate(n: u64, d: Duration) -> f64 {
 }
 
 impl Report {
-    pub fn new(settings: Settings, machine: Machine, started_at: String) -> Report {
+    pub(crate) fn new(settings: Settings, machine: Machine, started_at: String) -> Report {
         Report {
             settings,
             machine,
@@ -287,7 +287,7 @@ impl Report {
     }
 
     /// How many measurements could not be taken.
-    pub fn failures(&self) -> usize {
+    pub(crate) fn failures(&self) -> usize {
         [
             self.idle_rss_kb.is_err(),
             self.create.is_err(),
@@ -596,7 +596,7 @@ impl Report {
     }
 
     /// The whole report as markdown.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         let s = &self.settings;
         let m = &self.machine;
         let mut out = String::new();
@@ -1138,7 +1138,7 @@ fn short_id(id: &str) -> String {
 }
 
 /// The relay log's WARN and ERROR lines (ANSI colours stripped): up to 10 distinct ones each.
-pub fn log_findings(path: &Path) -> (Vec<String>, Vec<String>) {
+pub(crate) fn log_findings(path: &Path) -> (Vec<String>, Vec<String>) {
     let text = std::fs::read_to_string(path).unwrap_or_default();
     let (mut warnings, mut errors) = (Vec::new(), Vec::new());
     for line in text.lines().map(strip_ansi) {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 /// Percentiles of a set of samples, all in the same unit.
 #[derive(Clone, Copy, Debug)]
-pub struct Summary {
+pub(crate) struct Summary {
     pub n: usize,
     pub min: f64,
     pub p50: f64,
@@ -15,7 +15,7 @@ pub struct Summary {
 
 impl Summary {
     /// `None` for no samples.
-    pub fn of(values: &[f64]) -> Option<Summary> {
+    pub(crate) fn of(values: &[f64]) -> Option<Summary> {
         if values.is_empty() {
             return None;
         }
@@ -32,14 +32,14 @@ impl Summary {
     }
 
     /// Summary of durations, in milliseconds.
-    pub fn of_ms(values: &[Duration]) -> Option<Summary> {
+    pub(crate) fn of_ms(values: &[Duration]) -> Option<Summary> {
         Summary::of(&values.iter().map(|d| ms(*d)).collect::<Vec<_>>())
     }
 }
 
 /// The `p`-th percentile of sorted values, interpolated linearly between the closest ranks
 /// (numpy's default), so a median of an even count is the mean of the middle two.
-pub fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     match sorted.len() {
         0 => f64::NAN,
         1 => sorted[0],
@@ -53,13 +53,13 @@ pub fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 /// A duration in milliseconds.
-pub fn ms(d: Duration) -> f64 {
+pub(crate) fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
 /// Milliseconds with a precision that suits their size: `850 µs`, `4.21 ms`, `38.5 ms`,
 /// `412 ms`, `1.24 s`.
-pub fn fmt_ms(ms: f64) -> String {
+pub(crate) fn fmt_ms(ms: f64) -> String {
     if ms < 0.0 {
         format!("−{}", fmt_ms(-ms))
     } else if !ms.is_finite() {
@@ -78,7 +78,7 @@ pub fn fmt_ms(ms: f64) -> String {
 }
 
 /// Microseconds, for latencies and CPU per event.
-pub fn fmt_us(us: f64) -> String {
+pub(crate) fn fmt_us(us: f64) -> String {
     if us < 0.0 {
         format!("−{}", fmt_us(-us))
     } else if !us.is_finite() {
@@ -93,18 +93,18 @@ pub fn fmt_us(us: f64) -> String {
 }
 
 /// KiB as MiB.
-pub fn fmt_kib(kib: u64) -> String {
+pub(crate) fn fmt_kib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
 
 /// A signed difference of KiB as MiB (`+3.2 MiB`).
-pub fn fmt_kib_delta(after: u64, before: u64) -> String {
+pub(crate) fn fmt_kib_delta(after: u64, before: u64) -> String {
     let d = after as f64 - before as f64;
     format!("{:+.1} MiB", d / 1024.0)
 }
 
 /// A rate with thousands separators: `184,213`.
-pub fn fmt_count(n: f64) -> String {
+pub(crate) fn fmt_count(n: f64) -> String {
     if !n.is_finite() {
         return "n/a".into();
     }
@@ -120,7 +120,7 @@ pub fn fmt_count(n: f64) -> String {
 }
 
 /// `a / b` as `×1.03`, or `n/a` when `b` is zero.
-pub fn fmt_ratio(a: f64, b: f64) -> String {
+pub(crate) fn fmt_ratio(a: f64, b: f64) -> String {
     if b == 0.0 || !a.is_finite() || !b.is_finite() {
         "n/a".into()
     } else {

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{BoxError, Context};
 
 /// Clock ticks per second of the `utime`/`stime` fields of `/proc/<pid>/stat`.
-pub fn clock_ticks_per_sec() -> u64 {
+pub(crate) fn clock_ticks_per_sec() -> u64 {
     #[allow(unsafe_code)]
     // SAFETY: sysconf has no preconditions; it only reads a system constant.
     let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
@@ -17,7 +17,7 @@ pub fn clock_ticks_per_sec() -> u64 {
 }
 
 /// User plus system CPU time of a whole process (all its threads), in clock ticks.
-pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
+pub(crate) fn cpu_ticks(pid: u32) -> io::Result<u64> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
     let rest = stat
@@ -36,7 +36,7 @@ pub fn cpu_ticks(pid: u32) -> io::Result<u64> {
 }
 
 /// A `kB` line of `/proc/<pid>/status`, e.g. `VmRSS`.
-pub fn status_kb(pid: u32, key: &str) -> io::Result<u64> {
+pub(crate) fn status_kb(pid: u32, key: &str) -> io::Result<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
     status
         .lines()
@@ -52,16 +52,16 @@ pub fn status_kb(pid: u32, key: &str) -> io::Result<u64> {
 }
 
 /// Resident memory of a process in KiB.
-pub fn rss_kb(pid: u32) -> io::Result<u64> {
+pub(crate) fn rss_kb(pid: u32) -> io::Result<u64> {
     status_kb(pid, "VmRSS")
 }
 
 /// CPU time and time spent runnable but waiting for a CPU, in nanoseconds, summed over the
 /// threads of a process that share a name (`tokio-rt-worker`, `store-writer`, …).
-pub type ThreadTimes = std::collections::BTreeMap<String, (u64, u64)>;
+pub(crate) type ThreadTimes = std::collections::BTreeMap<String, (u64, u64)>;
 
 /// [`ThreadTimes`] of `pid` now, from `/proc/<pid>/task/*/schedstat`.
-pub fn thread_times(pid: u32) -> ThreadTimes {
+pub(crate) fn thread_times(pid: u32) -> ThreadTimes {
     let mut out = ThreadTimes::new();
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
         return out;
@@ -85,7 +85,7 @@ pub fn thread_times(pid: u32) -> ThreadTimes {
 }
 
 /// What the threads did between two [`thread_times`] readings.
-pub fn thread_times_since(before: &ThreadTimes, after: &ThreadTimes) -> ThreadTimes {
+pub(crate) fn thread_times_since(before: &ThreadTimes, after: &ThreadTimes) -> ThreadTimes {
     after
         .iter()
         .map(|(name, (run, wait))| {
@@ -100,7 +100,7 @@ pub fn thread_times_since(before: &ThreadTimes, after: &ThreadTimes) -> ThreadTi
 }
 
 /// The pid of the first process whose command name is `comm` (e.g. `dockerd`), if visible.
-pub fn find_pid(comm: &str) -> Option<u32> {
+pub(crate) fn find_pid(comm: &str) -> Option<u32> {
     std::fs::read_dir("/proc").ok()?.flatten().find_map(|e| {
         let pid: u32 = e.file_name().to_str()?.parse().ok()?;
         let name = std::fs::read_to_string(e.path().join("comm")).ok()?;
@@ -109,7 +109,7 @@ pub fn find_pid(comm: &str) -> Option<u32> {
 }
 
 /// The effective uid and gid of this process, from `/proc/self/status`.
-pub fn effective_ids() -> io::Result<(u32, u32)> {
+pub(crate) fn effective_ids() -> io::Result<(u32, u32)> {
     let status = std::fs::read_to_string("/proc/self/status")?;
     // "Uid:\treal\teffective\tsaved\tfs"
     let effective = |key: &str| {
@@ -122,7 +122,7 @@ pub fn effective_ids() -> io::Result<(u32, u32)> {
 }
 
 /// `/proc/loadavg`'s three load averages.
-pub fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     std::fs::read_to_string("/proc/loadavg")
         .ok()
         .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
@@ -131,7 +131,7 @@ pub fn load_average() -> String {
 
 /// One IPv4 TCP socket as `/proc/net/tcp` shows it.
 #[derive(Clone, Debug)]
-pub struct TcpEntry {
+pub(crate) struct TcpEntry {
     /// The kernel's state name (`ESTABLISHED`, `FIN_WAIT1`, …).
     pub state: &'static str,
     /// Bytes queued for sending and not yet acknowledged.
@@ -141,7 +141,7 @@ pub struct TcpEntry {
 }
 
 /// The socket of this network namespace whose local port is `local` and remote port `remote`.
-pub fn tcp_socket(local: u16, remote: u16) -> Option<TcpEntry> {
+pub(crate) fn tcp_socket(local: u16, remote: u16) -> Option<TcpEntry> {
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let port = |addr: &str| {
         addr.rsplit_once(':')
@@ -180,7 +180,7 @@ fn tcp_state_name(hex: &str) -> &'static str {
 
 /// The machine the numbers were taken on.
 #[derive(Clone, Debug)]
-pub struct Machine {
+pub(crate) struct Machine {
     pub cpus: usize,
     pub cpu_model: String,
     pub memory: String,
@@ -192,7 +192,7 @@ pub struct Machine {
 
 impl Machine {
     /// Reads everything but the engine's answer from `/proc` and `/etc`.
-    pub async fn describe(engine: &bollard::Docker) -> Machine {
+    pub(crate) async fn describe(engine: &bollard::Docker) -> Machine {
         let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
         let cpu_model = cpuinfo
             .lines()

@@ -30,30 +30,30 @@ mod helpers {
     };
 
     /// Upper bound for any single engine operation or output wait.
-    pub const TIMEOUT: Duration = Duration::from_secs(30);
+    pub(crate) const TIMEOUT: Duration = Duration::from_secs(30);
     /// uid:gid the sandboxes run as (deliberately not the image's 1000).
-    pub const UID: u32 = 1234;
-    pub const GID: u32 = 1234;
+    pub(crate) const UID: u32 = 1234;
+    pub(crate) const GID: u32 = 1234;
     /// Name of the secret file (exported as `PI_RELAY_TEST_TOKEN` by the entrypoint).
-    pub const SECRET_FILE: &str = "pi_relay_test_token";
+    pub(crate) const SECRET_FILE: &str = "pi_relay_test_token";
     /// What the provider mounts at `$HOME` for a sandbox of [`UID`]:[`GID`].
-    pub const HOME_TMPFS_OPTS: &str = "uid=1234,gid=1234,mode=0700,exec,size=268435456";
+    pub(crate) const HOME_TMPFS_OPTS: &str = "uid=1234,gid=1234,mode=0700,exec,size=268435456";
 
     /// Awaits `fut`, failing the test if it takes longer than [`TIMEOUT`].
-    pub async fn within<F: Future>(what: &str, fut: F) -> F::Output {
+    pub(crate) async fn within<F: Future>(what: &str, fut: F) -> F::Output {
         match tokio::time::timeout(TIMEOUT, fut).await {
             Ok(v) => v,
             Err(_) => panic!("timed out after {TIMEOUT:?}: {what}"),
         }
     }
 
-    pub fn image_ref() -> String {
+    pub(crate) fn image_ref() -> String {
         std::env::var("PI_RELAY_TEST_IMAGE")
             .unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".to_owned())
     }
 
     /// The provider on the machine's engine, keeping session files in `storage`.
-    pub async fn connect(storage: HostStorage) -> DockerSandbox {
+    pub(crate) async fn connect(storage: HostStorage) -> DockerSandbox {
         within(
             "connect",
             DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage),
@@ -63,21 +63,21 @@ mod helpers {
     }
 
     /// bollard's own client, to read the raw container configuration.
-    pub async fn raw_docker() -> bollard::Docker {
+    pub(crate) async fn raw_docker() -> bollard::Docker {
         let docker = bollard::Docker::connect_with_defaults().expect("bollard client");
         within("negotiate version", docker.negotiate_version())
             .await
             .expect("Docker engine must be running for these tests (scripts/docker-up.sh)")
     }
 
-    pub fn sh(script: &str) -> Vec<String> {
+    pub(crate) fn sh(script: &str) -> Vec<String> {
         vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()]
     }
 
     /// One test's world: provider, resolved image, own instance label, a state directory for
     /// session files and a guard that removes every container carrying the instance label.
     #[derive(Debug)]
-    pub struct Fixture {
+    pub(crate) struct Fixture {
         pub sandbox: DockerSandbox,
         pub image_id: String,
         pub instance: String,
@@ -89,7 +89,7 @@ mod helpers {
     }
 
     impl Fixture {
-        pub async fn new() -> Fixture {
+        pub(crate) async fn new() -> Fixture {
             let state = tempfile::Builder::new()
                 .prefix("pi-relay-docker-test-")
                 .tempdir()
@@ -115,13 +115,13 @@ mod helpers {
             }
         }
 
-        pub fn instance_filter(&self) -> Vec<(String, String)> {
+        pub(crate) fn instance_filter(&self) -> Vec<(String, String)> {
             vec![(LABEL_INSTANCE.to_owned(), self.instance.clone())]
         }
 
         /// The relay's own spec for a new session (`relay_session::sandbox_spec`, default
         /// environment) running `command`, with the session's files prepared and one secret.
-        pub async fn spec(&self, command: Vec<String>) -> SandboxSpec {
+        pub(crate) async fn spec(&self, command: Vec<String>) -> SandboxSpec {
             let session = uuid::Uuid::new_v4().to_string();
             let cfg = relay_session::SessionConfig {
                 default_image: image_ref(),
@@ -152,18 +152,18 @@ mod helpers {
         }
 
         /// Where the session of `spec` has its files on the host.
-        pub fn layout(&self, spec: &SandboxSpec) -> HostLayout {
+        pub(crate) fn layout(&self, spec: &SandboxSpec) -> HostLayout {
             self.storage.layout(&spec.session_id)
         }
 
-        pub async fn create(&self, spec: &SandboxSpec) -> SandboxId {
+        pub(crate) async fn create(&self, spec: &SandboxSpec) -> SandboxId {
             within("create", self.sandbox.create(spec))
                 .await
                 .unwrap_or_else(|e| panic!("create {}: {e}", spec.name))
         }
 
         /// Creates, attaches (before start, so nothing is lost) and starts.
-        pub async fn run(&self, spec: &SandboxSpec) -> (SandboxId, SandboxIo) {
+        pub(crate) async fn run(&self, spec: &SandboxSpec) -> (SandboxId, SandboxIo) {
             let id = self.create(spec).await;
             let io = within("attach", self.sandbox.attach(&id))
                 .await
@@ -175,7 +175,7 @@ mod helpers {
         }
 
         /// Removes every container of this test and checks that none is left.
-        pub async fn cleanup(mut self) {
+        pub(crate) async fn cleanup(mut self) {
             let filter = self.instance_filter();
             let list = within("list for cleanup", self.sandbox.list(&filter))
                 .await
@@ -229,7 +229,7 @@ mod helpers {
 
     /// What [`collect_output`] read.
     #[derive(Debug, Default)]
-    pub struct Collected {
+    pub(crate) struct Collected {
         pub stdout: Vec<u8>,
         pub stderr: Vec<u8>,
         /// Size of every stdout chunk, in order.
@@ -240,10 +240,10 @@ mod helpers {
     }
 
     impl Collected {
-        pub fn out(&self) -> String {
+        pub(crate) fn out(&self) -> String {
             String::from_utf8_lossy(&self.stdout).into_owned()
         }
-        pub fn err(&self) -> String {
+        pub(crate) fn err(&self) -> String {
             String::from_utf8_lossy(&self.stderr).into_owned()
         }
         fn contains(&self, marker: &str) -> bool {
@@ -254,7 +254,7 @@ mod helpers {
 
     /// Concatenates stdout and stderr chunks until `until` appears in either (when given) or
     /// the stream ends. Fails the test after [`TIMEOUT`] or on a stream error.
-    pub async fn collect_output(io: &mut SandboxIo, until: Option<&str>) -> Collected {
+    pub(crate) async fn collect_output(io: &mut SandboxIo, until: Option<&str>) -> Collected {
         let deadline = tokio::time::Instant::now() + TIMEOUT;
         let mut c = Collected::default();
         loop {
@@ -291,7 +291,7 @@ mod helpers {
     }
 
     /// Writes `text` to the sandbox's stdin and flushes.
-    pub async fn send(io: &mut SandboxIo, text: &str) {
+    pub(crate) async fn send(io: &mut SandboxIo, text: &str) {
         use tokio::io::AsyncWriteExt;
         within("write stdin", io.input.write_all(text.as_bytes()))
             .await

@@ -34,12 +34,19 @@ pub const RESERVED_ENV: &[&str] = &[
 /// An environment as clients see it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Environment {
+    /// The environment's id (a UUID).
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// The provider type it runs on (`docker`).
     pub sandbox_type: String,
+    /// Its configuration (image, resource tier, idle timeout, variables, network).
     pub config: Value,
+    /// Sessions created without an environment use this one.
     pub is_default: bool,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When it last changed (ISO 8601, UTC).
     pub updated_at: String,
 }
 
@@ -60,8 +67,11 @@ impl From<EnvironmentRow> for Environment {
 /// An environment to create.
 #[derive(Clone, Debug)]
 pub struct NewEnvironment {
+    /// Its name.
     pub name: String,
+    /// The provider type it runs on.
     pub sandbox_type: String,
+    /// Its configuration, validated before it is stored.
     pub config: Value,
     /// Defaults to true for the first environment.
     pub is_default: Option<bool>,
@@ -70,10 +80,13 @@ pub struct NewEnvironment {
 /// A change: `None` fields stay; `config` replaces the whole config.
 #[derive(Clone, Debug, Default)]
 pub struct EnvironmentChange {
+    /// A new name.
     pub name: Option<String>,
     /// Only used to validate `config` (an environment's type never changes).
     pub sandbox_type: Option<String>,
+    /// A new configuration.
     pub config: Option<Value>,
+    /// `Some(true)` makes it the default.
     pub is_default: Option<bool>,
 }
 
@@ -82,8 +95,11 @@ pub struct EnvironmentChange {
 pub struct SandboxImage {
     /// The reference, which is what `config.image` takes.
     pub id: String,
+    /// The name shown to clients (the reference).
     pub name: String,
+    /// The reference again (the field clients read).
     pub image: String,
+    /// The image's description label, or its short id.
     pub description: String,
     /// Whether this is the image of sessions whose environment names none.
     pub is_default: bool,

@@ -53,24 +53,43 @@ pub struct SessionConfig {
 /// A session as clients see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Session {
+    /// The session's id (a UUID).
     pub id: String,
+    /// Chat or code.
     pub mode: Mode,
+    /// Where it is in its lifecycle.
     pub status: SessionStatus,
+    /// The provider its sandboxes run on (`docker`).
     pub sandbox_provider: Option<String>,
+    /// The provider's id of its current sandbox, once one was created.
     pub sandbox_provider_id: Option<String>,
+    /// The environment its sandboxes are made from.
     pub environment_id: Option<String>,
+    /// The id of the image its current sandbox runs.
     pub sandbox_image_digest: Option<String>,
+    /// The repository of a code session.
     pub repo_id: Option<String>,
+    /// Where the repository is in the workspace.
     pub repo_path: Option<String>,
+    /// The session's branch in the repository.
     pub branch_name: Option<String>,
+    /// The branch is created at the first push rather than at the start.
     pub branch_creation_deferred: bool,
+    /// Its title, given by the client or pi, or made from the first prompt.
     pub name: Option<String>,
+    /// The first prompt a client sent.
     pub first_user_message: Option<String>,
+    /// The model provider pi uses, as the client chose it.
     pub current_model_provider: Option<String>,
+    /// The model pi uses, as the client chose it.
     pub current_model_id: Option<String>,
+    /// An extra system prompt for pi.
     pub system_prompt: Option<String>,
+    /// pi's extensions changed since its sandbox started.
     pub extensions_stale: bool,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When a client or pi last did something (ISO 8601, UTC).
     pub last_activity_at: String,
 }
 
@@ -103,19 +122,28 @@ impl From<relay_store::SessionRow> for Session {
 /// What creating a session needs.
 #[derive(Clone, Debug)]
 pub struct NewSessionRequest {
+    /// Chat or code.
     pub mode: Mode,
+    /// The repository of a code session.
     pub repo_id: Option<String>,
+    /// The environment to use (the default one when `None`).
     pub environment_id: Option<String>,
+    /// The model provider the client chose.
     pub model_provider: Option<String>,
+    /// The model the client chose.
     pub model_id: Option<String>,
+    /// A title (made from the first prompt when `None`).
     pub session_name: Option<String>,
+    /// The prompt the client will send first.
     pub first_prompt: Option<String>,
+    /// An extra system prompt for pi.
     pub system_prompt: Option<String>,
 }
 
 /// The answer to a successful activate: the sandbox runs and its hub is attached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Activation {
+    /// The session.
     pub session_id: String,
     /// The journal's last sequence number, committed (clients page `GET …/events` up to it).
     pub last_seq: u64,
@@ -124,16 +152,22 @@ pub struct Activation {
 /// A page of the journal.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventPage {
+    /// The events, in order.
     pub events: Vec<EventRow>,
+    /// The last sequence number on the page (the one asked after when it is empty).
     pub last_seq: u64,
 }
 
 /// A session's sandbox as the runtime reports it now.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SandboxView {
+    /// The provider (`docker`).
     pub provider: Option<String>,
+    /// The provider's id of the current sandbox.
     pub provider_id: Option<String>,
+    /// What the provider says of it now.
     pub state: SandboxState,
+    /// The id of the image it runs.
     pub image_digest: Option<String>,
     /// What the provider can do.
     pub capabilities: relay_sandbox::Capabilities,

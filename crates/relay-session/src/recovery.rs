@@ -23,7 +23,7 @@ use relay_sandbox::{OutputChunk, OutputHistory, Sandbox, SandboxError, SandboxId
 use tokio::io::AsyncWriteExt;
 
 /// Prefix of the ids of the relay's own marker requests; their answers are never journaled.
-pub use relay_hub::protocol::SYNC_ID_PREFIX;
+pub(crate) use relay_hub::protocol::SYNC_ID_PREFIX;
 
 /// How long pi has to answer the marker request.
 const SYNC_TIMEOUT: Duration = Duration::from_secs(15);

@@ -91,13 +91,21 @@ impl SecretKind {
 /// A secret as clients see it: everything but the value.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretInfo {
+    /// The secret's id (a UUID).
     pub id: String,
+    /// Its name.
     pub name: String,
+    /// The variable it becomes in a sandbox.
     pub env_var: String,
+    /// `ai_provider`, `env_var` or `sandbox_provider`.
     pub kind: String,
+    /// Whether sandboxes receive it.
     pub enabled: bool,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When it last changed (ISO 8601, UTC).
     pub updated_at: String,
+    /// The version of the key that sealed it.
     pub key_version: u32,
     /// `None` when the secret has no domains.
     pub domains: Option<Vec<String>>,
@@ -127,22 +135,34 @@ impl From<SecretRow> for SecretInfo {
 /// A secret to create. Fields are checked by [`SecretService::create`].
 #[derive(Debug)]
 pub struct NewSecret {
+    /// Its name.
     pub name: String,
+    /// The variable it becomes in a sandbox.
     pub env_var: String,
+    /// What it is for.
     pub kind: SecretKind,
+    /// The value (never returned to clients).
     pub value: SecretString,
+    /// Whether sandboxes receive it.
     pub enabled: bool,
+    /// The hosts it is meant for.
     pub domains: Option<Vec<String>>,
 }
 
 /// A change to a secret: `None` fields stay as they are; `domains: Some(vec![])` clears them.
 #[derive(Debug, Default)]
 pub struct SecretChange {
+    /// A new name.
     pub name: Option<String>,
+    /// A new variable.
     pub env_var: Option<String>,
+    /// A new kind.
     pub kind: Option<SecretKind>,
+    /// A new value, sealed afresh.
     pub value: Option<SecretString>,
+    /// Enabled or not.
     pub enabled: Option<bool>,
+    /// New hosts (`Some(vec![])` clears them).
     pub domains: Option<Vec<String>>,
 }
 

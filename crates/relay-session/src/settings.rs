@@ -27,7 +27,9 @@ pub struct SettingsService {
 /// The idle policy as the `idle_policy` setting states it (all fields validated).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct IdlePolicySetting {
+    /// Inactivity after which a session is paused, unless its environment says otherwise.
     pub default_timeout_seconds: u64,
+    /// Time after the last client left during which a session is never paused.
     pub grace_after_disconnect_seconds: u64,
     /// Session modes never paused (`chat`, `code`).
     pub disable_for_modes: Vec<Mode>,

@@ -8,81 +8,130 @@ use relay_model::{Mode, SessionStatus};
 /// A session as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SessionRow {
+    /// The session's id (a UUID).
     pub id: String,
+    /// Chat or code.
     pub mode: Mode,
+    /// Where it is in its lifecycle.
     pub status: SessionStatus,
     /// Why the session is in `error` (never shown to clients verbatim in the session object).
     pub status_reason: Option<String>,
+    /// The provider its sandboxes run on (`docker`).
     pub sandbox_provider: Option<String>,
+    /// The provider's id of its current sandbox, once one was created.
     pub sandbox_provider_id: Option<String>,
+    /// The environment its sandboxes are made from.
     pub environment_id: Option<String>,
+    /// The id of the image its current sandbox runs.
     pub sandbox_image_digest: Option<String>,
+    /// The repository of a code session.
     pub repo_id: Option<String>,
+    /// Where the repository is in the workspace.
     pub repo_path: Option<String>,
+    /// The session's branch in the repository.
     pub branch_name: Option<String>,
+    /// The branch is created at the first push rather than at the start.
     pub branch_creation_deferred: bool,
+    /// Its title, given by the client or pi, or made from the first prompt.
     pub name: Option<String>,
+    /// The first prompt a client sent.
     pub first_user_message: Option<String>,
+    /// The model provider pi uses, as the client chose it.
     pub current_model_provider: Option<String>,
+    /// The model pi uses, as the client chose it.
     pub current_model_id: Option<String>,
+    /// An extra system prompt for pi.
     pub system_prompt: Option<String>,
+    /// pi's extensions changed since its sandbox started.
     pub extensions_stale: bool,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When a client or pi last did something (ISO 8601, UTC).
     pub last_activity_at: String,
 }
 
 /// What a new session row needs.
 #[derive(Clone, Debug)]
 pub struct NewSession {
+    /// The session's id (a UUID).
     pub id: String,
+    /// Chat or code.
     pub mode: Mode,
+    /// The repository of a code session.
     pub repo_id: Option<String>,
+    /// Its title, given by the client or pi, or made from the first prompt.
     pub name: Option<String>,
+    /// The model provider chosen at creation.
     pub model_provider: Option<String>,
+    /// The model chosen at creation.
     pub model_id: Option<String>,
+    /// An extra system prompt for pi.
     pub system_prompt: Option<String>,
+    /// The provider its sandboxes will run on.
     pub sandbox_provider: Option<String>,
+    /// The environment its sandboxes are made from.
     pub environment_id: Option<String>,
+    /// The first prompt a client sent.
     pub first_user_message: Option<String>,
+    /// Creation time (ISO 8601, UTC); also its first activity.
     pub created_at: String,
 }
 
 /// The sandbox a session runs in.
 #[derive(Clone, Debug, Default)]
 pub struct SessionSandbox {
+    /// The provider (`docker`).
     pub provider: Option<String>,
+    /// The provider's id of the sandbox.
     pub provider_id: Option<String>,
+    /// The id of the image it runs.
     pub image_digest: Option<String>,
 }
 
 /// An environment row; `config` is a JSON object.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EnvironmentRow {
+    /// The environment's id (a UUID).
     pub id: String,
+    /// Its name, shown to clients.
     pub name: String,
+    /// The provider type it runs on (`docker`).
     pub sandbox_type: String,
+    /// Its configuration, a JSON object (image, resource tier, idle timeout, variables, network).
     pub config: String,
+    /// Sessions created without an environment use this one.
     pub is_default: bool,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When it last changed (ISO 8601, UTC).
     pub updated_at: String,
 }
 
 /// One journal line to write. `payload` is the JSON text exactly as pi printed it.
 #[derive(Clone, Debug)]
 pub struct JournalEntry {
+    /// The session the line belongs to.
     pub session_id: Arc<str>,
+    /// Its sequence number in the session's journal.
     pub seq: u64,
+    /// Its `type` field (`unknown` when it has none).
     pub ty: Box<str>,
+    /// The line exactly as pi printed it, without the newline.
     pub payload: Bytes,
+    /// When the relay read it.
     pub created_at: std::time::SystemTime,
 }
 
 /// One journal line as read back.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct EventRow {
+    /// Its sequence number in the session's journal.
     pub seq: u64,
+    /// Its `type` field.
     pub ty: String,
+    /// The line as pi printed it (JSON text).
     pub payload: String,
+    /// When the relay read it (ISO 8601, UTC).
     pub created_at: String,
 }
 
@@ -148,23 +197,34 @@ pub(crate) fn environment_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<En
 /// tag, plus the version of the key that sealed it. The store never sees a plaintext.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SealedValue {
+    /// The AES-GCM nonce, base64.
     pub iv: String,
+    /// The encrypted value, base64.
     pub ciphertext: String,
+    /// The authentication tag, base64.
     pub tag: String,
+    /// Which key sealed it.
     pub key_version: u32,
 }
 
 /// A secret as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SecretRow {
+    /// The secret's id (a UUID).
     pub id: String,
+    /// Its name, shown to clients.
     pub name: String,
+    /// The variable it becomes in a sandbox.
     pub env_var: String,
     /// `ai_provider`, `env_var` or `sandbox_provider`.
     pub kind: String,
+    /// Whether sandboxes receive it.
     pub enabled: bool,
+    /// The value, sealed by the vault.
     pub sealed: SealedValue,
+    /// When it was created (ISO 8601, UTC).
     pub created_at: String,
+    /// When it last changed (ISO 8601, UTC).
     pub updated_at: String,
     /// JSON array of domain patterns, or `None`.
     pub domains: Option<String>,
@@ -173,13 +233,19 @@ pub struct SecretRow {
 /// A change to a secret: `None` fields stay as they are.
 #[derive(Clone, Debug, Default)]
 pub struct SecretPatch {
+    /// A new name.
     pub name: Option<String>,
+    /// A new variable name.
     pub env_var: Option<String>,
+    /// A new kind.
     pub kind: Option<String>,
+    /// Enabled or not.
     pub enabled: Option<bool>,
+    /// A new sealed value.
     pub sealed: Option<SealedValue>,
     /// `Some(None)` clears the domains.
     pub domains: Option<Option<String>>,
+    /// When the change is made (ISO 8601, UTC).
     pub updated_at: String,
 }
 
@@ -197,7 +263,9 @@ pub enum SecretWrite {
 /// The known value sealed with the current key (see the `secrets_key_check` table).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct KeyCheckRow {
+    /// A known text sealed with the current key.
     pub sealed: SealedValue,
+    /// When it was sealed (ISO 8601, UTC).
     pub created_at: String,
 }
 
@@ -205,7 +273,9 @@ pub struct KeyCheckRow {
 /// check (`id` is `None`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ResealItem {
+    /// The secret it belongs to (`None`: the key check).
     pub id: Option<String>,
+    /// The value as sealed now.
     pub sealed: SealedValue,
 }
 
@@ -234,10 +304,13 @@ pub(crate) fn secret_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<SecretR
 /// A change to an environment: `None` fields stay as they are.
 #[derive(Clone, Debug, Default)]
 pub struct EnvironmentPatch {
+    /// A new name.
     pub name: Option<String>,
     /// The whole new config (JSON object).
     pub config: Option<String>,
+    /// Make it the default.
     pub is_default: Option<bool>,
+    /// When the change is made (ISO 8601, UTC).
     pub updated_at: String,
 }
 

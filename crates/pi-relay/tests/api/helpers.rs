@@ -11,10 +11,10 @@ use relay_sandbox::fake::FakeSandbox;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
-pub type Ws =
+pub(crate) type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
-pub struct TestApp {
+pub(crate) struct TestApp {
     pub relay: Option<Relay>,
     pub base: String,
     pub ws_base: String,
@@ -24,7 +24,7 @@ pub struct TestApp {
     pub dir: tempfile::TempDir,
 }
 
-pub fn args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
+pub(crate) fn args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
     let data = dir.join("data");
     let state = dir.join("state");
     let config = dir.join("config");
@@ -52,11 +52,11 @@ pub fn args(dir: &std::path::Path, extra: &[&str]) -> ServeArgs {
     }
 }
 
-pub async fn spawn_app() -> TestApp {
+pub(crate) async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
 }
 
-pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
+pub(crate) async fn spawn_app_with(extra: &[&str]) -> TestApp {
     let dir = tempfile::tempdir().unwrap();
     let args = args(dir.path(), extra);
     let fake = fake(&dir);
@@ -64,7 +64,7 @@ pub async fn spawn_app_with(extra: &[&str]) -> TestApp {
 }
 
 /// Where a relay started with [`args`] in `dir` keeps session files.
-pub fn storage(dir: &tempfile::TempDir) -> relay_sandbox::host::HostStorage {
+pub(crate) fn storage(dir: &tempfile::TempDir) -> relay_sandbox::host::HostStorage {
     let resolved = args(dir.path(), &[]).resolve().unwrap();
     pi_relay::app::host_storage(&resolved).unwrap()
 }
@@ -72,7 +72,9 @@ pub fn storage(dir: &tempfile::TempDir) -> relay_sandbox::host::HostStorage {
 /// The machine's Docker engine, keeping session files in `storage`. Fails (never skips) when no
 /// engine answers. (For the Docker test binaries, which share this file.)
 #[allow(dead_code)]
-pub async fn docker(storage: relay_sandbox::host::HostStorage) -> relay_docker::DockerSandbox {
+pub(crate) async fn docker(
+    storage: relay_sandbox::host::HostStorage,
+) -> relay_docker::DockerSandbox {
     relay_docker::DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage)
         .await
         .expect("Docker engine must be running for these tests (bash scripts/docker-up.sh)")
@@ -80,7 +82,7 @@ pub async fn docker(storage: relay_sandbox::host::HostStorage) -> relay_docker::
 
 /// The engine, for tests that only look at or remove its sandboxes (no session files).
 #[allow(dead_code)]
-pub async fn engine() -> relay_docker::DockerSandbox {
+pub(crate) async fn engine() -> relay_docker::DockerSandbox {
     docker(relay_sandbox::host::HostStorage::new(
         std::env::temp_dir(),
         false,
@@ -89,17 +91,17 @@ pub async fn engine() -> relay_docker::DockerSandbox {
 }
 
 /// A fake provider keeping session files where a relay started with [`args`] in `dir` keeps them.
-pub fn fake(dir: &tempfile::TempDir) -> FakeSandbox {
+pub(crate) fn fake(dir: &tempfile::TempDir) -> FakeSandbox {
     FakeSandbox::new(storage(dir))
 }
 
-pub async fn start(dir: tempfile::TempDir, args: ServeArgs, fake: FakeSandbox) -> TestApp {
+pub(crate) async fn start(dir: tempfile::TempDir, args: ServeArgs, fake: FakeSandbox) -> TestApp {
     let sandbox = Arc::new(fake.clone());
     start_with(dir, args, sandbox, fake).await
 }
 
 /// Starts a relay on a given provider (`fake` is only used by tests that drive the fake).
-pub async fn start_with(
+pub(crate) async fn start_with(
     dir: tempfile::TempDir,
     args: ServeArgs,
     sandbox: Arc<dyn relay_sandbox::Sandbox>,
@@ -128,13 +130,13 @@ pub async fn start_with(
     }
 }
 
-pub struct Reply {
+pub(crate) struct Reply {
     pub status: u16,
     pub body: Value,
 }
 
 impl TestApp {
-    pub fn state_dir(&self) -> std::path::PathBuf {
+    pub(crate) fn state_dir(&self) -> std::path::PathBuf {
         std::fs::canonicalize(self.dir.path().join("state")).unwrap()
     }
 
@@ -145,7 +147,7 @@ impl TestApp {
         }
     }
 
-    pub async fn get(&self, path: &str) -> Reply {
+    pub(crate) async fn get(&self, path: &str) -> Reply {
         let res = self
             .auth(self.http.get(format!("{}{path}", self.base)))
             .send()
@@ -154,7 +156,7 @@ impl TestApp {
         reply(res).await
     }
 
-    pub async fn post(&self, path: &str, body: &str) -> Reply {
+    pub(crate) async fn post(&self, path: &str, body: &str) -> Reply {
         let res = self
             .auth(self.http.post(format!("{}{path}", self.base)))
             .header("content-type", "application/json")
@@ -165,7 +167,7 @@ impl TestApp {
         reply(res).await
     }
 
-    pub async fn put(&self, path: &str, body: &str) -> Reply {
+    pub(crate) async fn put(&self, path: &str, body: &str) -> Reply {
         let res = self
             .auth(self.http.put(format!("{}{path}", self.base)))
             .body(body.to_owned())
@@ -175,7 +177,7 @@ impl TestApp {
         reply(res).await
     }
 
-    pub async fn delete(&self, path: &str) -> Reply {
+    pub(crate) async fn delete(&self, path: &str) -> Reply {
         let res = self
             .auth(self.http.delete(format!("{}{path}", self.base)))
             .send()
@@ -185,21 +187,21 @@ impl TestApp {
     }
 
     /// Creates a chat session and returns its id.
-    pub async fn create_session(&self) -> String {
+    pub(crate) async fn create_session(&self) -> String {
         let r = self.post("/api/sessions", r#"{"mode":"chat"}"#).await;
         assert_eq!(r.status, 200, "{}", r.body);
         r.body["data"]["id"].as_str().unwrap().to_owned()
     }
 
     /// Creates and activates a chat session; returns its id.
-    pub async fn active_session(&self) -> String {
+    pub(crate) async fn active_session(&self) -> String {
         let id = self.create_session().await;
         let r = self.activate(&id, "c1").await;
         assert_eq!(r.status, 200, "{}", r.body);
         id
     }
 
-    pub async fn activate(&self, id: &str, client: &str) -> Reply {
+    pub(crate) async fn activate(&self, id: &str, client: &str) -> Reply {
         self.post(
             &format!("/api/sessions/{id}/activate"),
             &json!({"clientId": client}).to_string(),
@@ -207,14 +209,14 @@ impl TestApp {
         .await
     }
 
-    pub async fn ws(&self, id: &str, query: &str) -> Ws {
+    pub(crate) async fn ws(&self, id: &str, query: &str) -> Ws {
         let url = format!("{}/ws/sessions/{id}?{query}", self.ws_base);
         let (ws, _) = tokio_tungstenite::connect_async(url).await.unwrap();
         ws
     }
 
     /// Connects and returns the socket after its `connected` message.
-    pub async fn connect(&self, id: &str, client: &str, last_seq: u64) -> (Ws, Value) {
+    pub(crate) async fn connect(&self, id: &str, client: &str, last_seq: u64) -> (Ws, Value) {
         let mut ws = self
             .ws(id, &format!("clientId={client}&lastSeq={last_seq}"))
             .await;
@@ -225,7 +227,13 @@ impl TestApp {
 
     /// Waits (up to `limit`) until the session's journal holds an event of type `ty` after
     /// `after_seq` (at most 1,000 events past it are looked at).
-    pub async fn until_journaled(&self, id: &str, after_seq: u64, ty: &str, limit: Duration) {
+    pub(crate) async fn until_journaled(
+        &self,
+        id: &str,
+        after_seq: u64,
+        ty: &str,
+        limit: Duration,
+    ) {
         let page = format!("/api/sessions/{id}/events?afterSeq={after_seq}&limit=1000");
         eventually_within(limit, || async {
             self.get(&page).await.body["data"]["events"]
@@ -237,7 +245,7 @@ impl TestApp {
         .await
     }
 
-    pub async fn shutdown(mut self) {
+    pub(crate) async fn shutdown(mut self) {
         if let Some(r) = self.relay.take() {
             r.shutdown().await;
         }
@@ -252,15 +260,15 @@ async fn reply(res: reqwest::Response) -> Reply {
 }
 
 /// How long a test waits for what should come at once.
-pub const PROMPTLY: Duration = Duration::from_secs(10);
+pub(crate) const PROMPTLY: Duration = Duration::from_secs(10);
 
 /// The next text frame as JSON (fails after 10 s).
-pub async fn next_json(ws: &mut Ws) -> Value {
+pub(crate) async fn next_json(ws: &mut Ws) -> Value {
     next_json_within(ws, PROMPTLY).await
 }
 
 /// The next text frame as JSON (fails after `limit`).
-pub async fn next_json_within(ws: &mut Ws, limit: Duration) -> Value {
+pub(crate) async fn next_json_within(ws: &mut Ws, limit: Duration) -> Value {
     loop {
         let msg = tokio::time::timeout(limit, ws.next())
             .await
@@ -276,7 +284,7 @@ pub async fn next_json_within(ws: &mut Ws, limit: Duration) -> Value {
 }
 
 /// Frames until (and including) one whose `type` is `ty`.
-pub async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
+pub(crate) async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
         let v = next_json(ws).await;
@@ -289,13 +297,13 @@ pub async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
 }
 
 /// Sends a prompt and reads its frames until (and including) `agent_settled`.
-pub async fn prompt(ws: &mut Ws, id: &str, message: &str) -> Vec<Value> {
+pub(crate) async fn prompt(ws: &mut Ws, id: &str, message: &str) -> Vec<Value> {
     send(ws, json!({"id": id, "type": "prompt", "message": message})).await;
     until_type(ws, "agent_settled").await
 }
 
 /// Waits for the socket to be closed by the server and returns the close code and reason.
-pub async fn close_code(ws: &mut Ws) -> (u16, String) {
+pub(crate) async fn close_code(ws: &mut Ws) -> (u16, String) {
     loop {
         let msg = tokio::time::timeout(PROMPTLY, ws.next())
             .await
@@ -310,12 +318,12 @@ pub async fn close_code(ws: &mut Ws) -> (u16, String) {
     }
 }
 
-pub async fn send(ws: &mut Ws, v: Value) {
+pub(crate) async fn send(ws: &mut Ws, v: Value) {
     ws.send(Message::Text(v.to_string().into())).await.unwrap();
 }
 
 /// Polls `f` until it returns true (fails after 10 s).
-pub async fn eventually<F, Fut>(f: F)
+pub(crate) async fn eventually<F, Fut>(f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -324,7 +332,7 @@ where
 }
 
 /// As [`eventually`], for conditions that take longer on a loaded machine (a large flood).
-pub async fn eventually_within<F, Fut>(limit: Duration, mut f: F)
+pub(crate) async fn eventually_within<F, Fut>(limit: Duration, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -356,7 +364,7 @@ fn server_socket_state(server_port: u16, client_port: u16) -> Option<String> {
 }
 
 /// Waits until the relay holds no socket of the connection from `client_port` (at most 10 s).
-pub async fn released(app: &TestApp, client_port: u16) {
+pub(crate) async fn released(app: &TestApp, client_port: u16) {
     let server_port = app.relay.as_ref().unwrap().addr.port();
     eventually(|| async {
         server_socket_state(server_port, client_port).is_none_or(|s| !HELD.contains(&s.as_str()))
@@ -365,7 +373,7 @@ pub async fn released(app: &TestApp, client_port: u16) {
 }
 
 /// The local port of a client's WebSocket connection.
-pub fn local_port(ws: &Ws) -> u16 {
+pub(crate) fn local_port(ws: &Ws) -> u16 {
     match ws.get_ref() {
         tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().unwrap().port(),
         _ => unreachable!("tests connect without TLS"),
