@@ -51,8 +51,8 @@ pub enum FakeOp {
     Start,
     /// `attach`
     Attach,
-    /// `resolve_image`
-    ResolveImage,
+    /// `pin_image`
+    PinImage,
 }
 
 /// The fake provider. Cheap to clone; clones share state.
@@ -359,7 +359,7 @@ impl Sandbox for FakeSandbox {
     }
 
     async fn pin_image(&self, image: &str) -> Result<String, SandboxError> {
-        self.take_failure(FakeOp::ResolveImage)?;
+        self.take_failure(FakeOp::PinImage)?;
         if image.contains("missing") {
             return Err(SandboxError::ImageNotFound(format!(
                 "Image '{image}' is not present on the fake provider"
