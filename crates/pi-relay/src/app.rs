@@ -99,6 +99,47 @@ pub fn host_storage(dirs: &Resolved) -> Result<HostStorage, BoxError> {
     Ok(HostStorage::new(state_dir, effective_ids().0 == 0))
 }
 
+/// Descriptors kept for everything but client connections: the database, the engine, session
+/// logs, files being written.
+const RESERVED_DESCRIPTORS: u64 = 128;
+
+/// Raises this process's open-file limit to its hard limit (the soft limit is often 1,024) and
+/// returns the connection cap that fits in it with [`RESERVED_DESCRIPTORS`] to spare.
+fn connection_budget(wanted: usize) -> usize {
+    #[allow(unsafe_code)]
+    // SAFETY: getrlimit/setrlimit read and write the plain struct passed by pointer, which lives
+    // on this stack frame for the calls.
+    let limit = unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return wanted;
+        }
+        if lim.rlim_cur < lim.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: lim.rlim_max,
+                rlim_max: lim.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                lim.rlim_cur = lim.rlim_max;
+            }
+        }
+        lim.rlim_cur
+    };
+    let fits =
+        usize::try_from(limit.saturating_sub(RESERVED_DESCRIPTORS).max(1)).unwrap_or(usize::MAX);
+    if fits < wanted {
+        tracing::warn!(
+            open_file_limit = limit,
+            max_connections = fits,
+            "the open-file limit allows fewer connections than --max-connections; raise it (ulimit -n) to allow more"
+        );
+    }
+    wanted.min(fits)
+}
+
 /// Reads this relay's instance id, creating it on first start.
 fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
     if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {
@@ -207,6 +248,8 @@ impl Relay {
         };
         let limits = relay_api::HttpLimits {
             header_read_timeout: Duration::from_secs(args.header_timeout_secs),
+            max_connections: connection_budget(args.max_connections),
+            max_connections_per_client: args.max_connections_per_client,
         };
         let connections = Arc::new(relay_api::ConnectionStats::default());
         let server =

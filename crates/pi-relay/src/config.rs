@@ -184,6 +184,16 @@ pub struct ServeArgs {
     #[arg(long, env = "PI_RELAY_HEADER_TIMEOUT_SECS", default_value_t = 20,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub header_timeout_secs: u64,
+    /// Connections open at once, in all (WebSockets included); beyond it, new ones are answered
+    /// 503. Lowered at start to what the open-file limit allows.
+    #[arg(long, env = "PI_RELAY_MAX_CONNECTIONS", default_value_t = relay_api::DEFAULT_MAX_CONNECTIONS,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections: usize,
+    /// Connections open at once from one client address; beyond it, new ones are answered 503.
+    #[arg(long, env = "PI_RELAY_MAX_CONNECTIONS_PER_CLIENT",
+          default_value_t = relay_api::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
+    pub max_connections_per_client: usize,
     /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
     #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
     pub log: String,

@@ -1,8 +1,7 @@
 //! Cross-cutting HTTP behaviour: permissive CORS as the pi-apps clients need it, request ids,
-//! bearer-token access control, the plain-text 404 for unknown routes, and which runtime a
-//! request's handler runs on.
+//! bearer-token access control, the envelope on every error (unknown routes and the HTTP layer's
+//! own answers included), and which runtime a request's handler runs on.
 
-use axum::body::Body;
 use axum::extract::{Query, Request, State};
 use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::middleware::Next;
@@ -137,14 +136,43 @@ fn query_token(uri: &axum::http::Uri) -> Option<String> {
     Query::<TokenQuery>::try_from_uri(uri).ok()?.0.token
 }
 
-/// Unknown routes: a plain-text 404, as the pi-apps relay answers.
+/// Unknown routes.
 pub(crate) async fn not_found() -> Response {
-    (
-        StatusCode::NOT_FOUND,
-        [(header::CONTENT_TYPE, "text/plain; charset=UTF-8")],
-        Body::from("404 Not Found"),
-    )
-        .into_response()
+    crate::envelope::error(StatusCode::NOT_FOUND, "Not found")
+}
+
+/// Errors the HTTP layer answers on its own (a wrong method, a body over the route's limit, a
+/// WebSocket route asked without an upgrade) come as plain text or empty: they get the
+/// `{data, error}` envelope like every other error, so clients can always parse an error.
+/// Headers such as `Allow` are kept.
+pub(crate) async fn enveloped_errors(req: Request, next: Next) -> Response {
+    let res = next.run(req).await;
+    let status = res.status();
+    let is_json = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || is_json {
+        return res;
+    }
+    let message = match status {
+        StatusCode::METHOD_NOT_ALLOWED => "Method not allowed".to_owned(),
+        StatusCode::PAYLOAD_TOO_LARGE => "Request body too large".to_owned(),
+        StatusCode::NOT_FOUND => "Not found".to_owned(),
+        other => other
+            .canonical_reason()
+            .unwrap_or("Request failed")
+            .to_owned(),
+    };
+    let (mut parts, _) = res.into_parts();
+    let enveloped = crate::envelope::error(status, &message);
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Response::from_parts(parts, enveloped.into_body())
 }
 
 #[cfg(test)]

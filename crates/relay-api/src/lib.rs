@@ -3,6 +3,7 @@
 //! Only this crate knows axum; handlers parse, call the session, secrets, environment and
 //! settings services, and shape the answer.
 
+mod admission;
 mod envelope;
 mod environments;
 mod error;
@@ -23,9 +24,12 @@ use relay_session::environments::EnvironmentService;
 use relay_session::settings::SettingsService;
 use serde_json::json;
 
+pub use admission::ConnectionStats;
 pub use error::ApiError;
-pub use server::{DEFAULT_HEADER_READ_TIMEOUT, HttpLimits};
-pub use stream::ConnectionStats;
+pub use server::{
+    DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
+    HttpLimits,
+};
 pub use ws::MAX_CLIENT_MESSAGE;
 
 /// Everything handlers need.
@@ -46,17 +50,26 @@ pub struct AppState {
 /// The relay's version as `/health` reports it.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
+/// Largest request body of the session routes: a first prompt and a system prompt.
+pub const MAX_SESSION_BODY: usize = 1024 * 1024;
+/// Largest request body of the secret and environment routes (a secret's value is at most 64 KiB).
+pub const MAX_CONFIG_BODY: usize = 256 * 1024;
+/// Largest request body of the settings routes.
+pub const MAX_SETTINGS_BODY: usize = 64 * 1024;
+
 /// The whole application.
 pub fn router(state: AppState) -> Router {
+    let limit = axum::extract::DefaultBodyLimit::max;
     Router::new()
         .route("/health", get(health))
         .route("/api", get(api_index))
         .route("/ws/sessions/{id}", get(ws::upgrade))
-        .merge(sessions::router())
-        .merge(secrets::router())
-        .merge(environments::router())
-        .merge(settings::router())
+        .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
+        .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
+        .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
+        .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))
         .fallback(http::not_found)
+        .layer(axum::middleware::from_fn(http::enveloped_errors))
         .layer(axum::middleware::from_fn_with_state(
             state.clone(),
             http::auth,

@@ -7,40 +7,17 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::runtime::{Handle, Id};
 
-/// Counters of the connections a server holds, shared with whoever watches it (tests, metrics).
-#[derive(Debug, Default)]
-pub struct ConnectionStats {
-    open: AtomicUsize,
-    accepted: AtomicU64,
-    moved: AtomicU64,
-}
-
-impl ConnectionStats {
-    /// Connections whose socket is open now (a WebSocket's included).
-    pub fn open(&self) -> usize {
-        self.open.load(Ordering::Relaxed)
-    }
-
-    /// Connections accepted since the server started.
-    pub fn accepted(&self) -> u64 {
-        self.accepted.load(Ordering::Relaxed)
-    }
-
-    /// Connections that moved to the work runtime (upgraded to WebSockets).
-    pub fn moved(&self) -> u64 {
-        self.moved.load(Ordering::Relaxed)
-    }
-}
+use crate::admission::{ConnectionStats, Slot};
 
 /// A TCP stream that moves its registration to the runtime polling it, once: from the runtime that
-/// accepted it to the first other runtime that polls it. Counted in [`ConnectionStats`] while open.
+/// accepted it to the first other runtime that polls it. Holds the connection's [`Slot`] while
+/// open.
 #[derive(Debug)]
 pub(crate) struct FollowingStream {
     /// Always `Some` between polls; taken only while the socket changes runtimes.
@@ -48,17 +25,17 @@ pub(crate) struct FollowingStream {
     /// The runtime the socket is registered with, until it has moved once.
     home: Option<Id>,
     stats: Arc<ConnectionStats>,
+    _slot: Slot,
 }
 
 impl FollowingStream {
-    /// Wraps a socket accepted on the current runtime.
-    pub(crate) fn new(tcp: TcpStream, stats: Arc<ConnectionStats>) -> FollowingStream {
-        stats.open.fetch_add(1, Ordering::Relaxed);
-        stats.accepted.fetch_add(1, Ordering::Relaxed);
+    /// Wraps a socket accepted on the current runtime, let in with `slot`.
+    pub(crate) fn new(tcp: TcpStream, stats: Arc<ConnectionStats>, slot: Slot) -> FollowingStream {
         FollowingStream {
             tcp: Some(tcp),
             home: Handle::try_current().ok().map(|h| h.id()),
             stats,
+            _slot: slot,
         }
     }
 
@@ -75,7 +52,7 @@ impl FollowingStream {
             let std = tcp.into_std()?;
             self.tcp = Some(TcpStream::from_std(std)?);
             self.home = None;
-            self.stats.moved.fetch_add(1, Ordering::Relaxed);
+            self.stats.count_move();
         }
         self.tcp.as_mut().map(Pin::new).ok_or_else(lost)
     }
@@ -83,12 +60,6 @@ impl FollowingStream {
 
 fn lost() -> io::Error {
     io::Error::other("the socket was lost while changing runtimes")
-}
-
-impl Drop for FollowingStream {
-    fn drop(&mut self) {
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-    }
 }
 
 impl AsyncRead for FollowingStream {
@@ -174,9 +145,14 @@ mod tests {
         let mut client = TcpStream::connect(listener.local_addr().unwrap())
             .await
             .unwrap();
-        let (tcp, _) = listener.accept().await.unwrap();
+        let (tcp, addr) = listener.accept().await.unwrap();
         let stats = Arc::new(ConnectionStats::default());
-        let mut stream = FollowingStream::new(tcp, stats.clone());
+        let caps = crate::admission::Caps {
+            total: 1,
+            per_client: 1,
+        };
+        let slot = crate::admission::admit(&stats, addr.ip(), caps).unwrap();
+        let mut stream = FollowingStream::new(tcp, stats.clone(), slot);
 
         // Polled here first: it stays.
         client.write_all(b"one").await.unwrap();

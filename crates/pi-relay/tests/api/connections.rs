@@ -171,3 +171,110 @@ async fn a_websocket_opened_on_a_kept_alive_connection_moves_to_the_work_runtime
     drop(other);
     app.shutdown().await;
 }
+
+/// A connection to the relay from `source` (another loopback address stands for another client).
+async fn connect_from(app: &TestApp, source: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
+    let tcp = socket
+        .connect(app.relay.as_ref().unwrap().addr)
+        .await
+        .unwrap();
+    tcp.set_nodelay(true).unwrap();
+    tcp
+}
+
+#[tokio::test]
+async fn one_address_holding_its_share_of_connections_is_refused_while_others_get_in() {
+    let app = spawn_app_with(&["--max-connections-per-client", "5"]).await;
+    let relay = app.relay.as_ref().unwrap();
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    // Slowloris: headers that never end.
+    let mut held = Vec::new();
+    for _ in 0..5 {
+        let mut tcp = connect_from(&app, "127.0.0.2").await;
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    eventually(|| async { relay.connections.open_from(attacker) == 5 }).await;
+    // The sixth from that address is told why, and closed.
+    let mut sixth = connect_from(&app, "127.0.0.2").await;
+    sixth.write_all(HEALTH).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PROMPTLY, sixth.read_to_string(&mut answer))
+        .await
+        .expect("the refused connection was not closed")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.to_ascii_lowercase().contains("retry-after: 1"),
+        "{answer}"
+    );
+    assert!(
+        answer.contains(r#"{"data":null,"error":"Too many open connections from this address; try again later"}"#),
+        "{answer}"
+    );
+    // Another client is served all the while.
+    assert_eq!(app.get("/health").await.status, 200);
+    assert!(relay.connections.refused() >= 1);
+    drop(held);
+    eventually(|| async { relay.connections.open_from(attacker) == 0 }).await;
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn slow_connections_are_released_by_the_header_timeout_while_health_keeps_answering() {
+    let app = spawn_app_with(&["--header-timeout-secs", "1"]).await;
+    let relay = app.relay.as_ref().unwrap();
+    let attacker: std::net::IpAddr = "127.0.0.2".parse().unwrap();
+    let mut held = Vec::new();
+    for _ in 0..50 {
+        let mut tcp = connect_from(&app, "127.0.0.2").await;
+        tcp.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        held.push(tcp);
+    }
+    eventually(|| async { relay.connections.open_from(attacker) == 50 }).await;
+    assert_eq!(app.get("/health").await.status, 200);
+    // Every one of them is closed by the relay, without the client doing anything.
+    eventually(|| async { relay.connections.open_from(attacker) == 0 }).await;
+    for mut tcp in held {
+        let mut rest = Vec::new();
+        tokio::time::timeout(PROMPTLY, tcp.read_to_end(&mut rest))
+            .await
+            .expect("closed by the relay")
+            .unwrap();
+    }
+    assert_eq!(app.get("/health").await.status, 200);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_relay_holds_at_most_its_maximum_of_connections() {
+    let app = spawn_app_with(&["--max-connections", "3"]).await;
+    let relay = app.relay.as_ref().unwrap();
+    let mut held = Vec::new();
+    for source in ["127.0.0.2", "127.0.0.3", "127.0.0.4"] {
+        held.push(connect_from(&app, source).await);
+    }
+    eventually(|| async { relay.connections.open() == 3 }).await;
+    let mut fourth = connect_from(&app, "127.0.0.5").await;
+    fourth.write_all(HEALTH).await.unwrap();
+    let mut answer = String::new();
+    tokio::time::timeout(PROMPTLY, fourth.read_to_string(&mut answer))
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(
+        answer.contains("The relay has too many open connections"),
+        "{answer}"
+    );
+    drop(held);
+    eventually(|| async { relay.connections.open() == 0 }).await;
+    assert_eq!(app.get("/health").await.status, 200);
+    app.shutdown().await;
+}

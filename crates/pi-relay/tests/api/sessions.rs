@@ -60,11 +60,42 @@ async fn health_is_answered_while_the_work_runtime_is_stuck() {
 }
 
 #[tokio::test]
-async fn unknown_routes_get_a_plain_text_404() {
+async fn every_error_of_the_http_layer_is_enveloped() {
     let app = spawn_app().await;
-    let r = app.get("/nope").await;
-    assert_eq!(r.status, 404);
-    assert_eq!(r.body, json!("404 Not Found"));
+    for path in ["/nope", "/api/nope", "/api/sessions/x/nope"] {
+        let r = app.get(path).await;
+        assert_eq!(
+            (r.status, r.body.clone()),
+            (404, json!({"data": null, "error": "Not found"})),
+            "{path}"
+        );
+    }
+    // A known path with a method it does not take.
+    let res = app
+        .http
+        .patch(format!("{}/api/sessions", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 405);
+    assert!(res.headers().contains_key("allow"));
+    let body: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(body, json!({"data": null, "error": "Method not allowed"}));
+    // A body over the route's limit (settings: 64 KiB).
+    let big = json!({"key": "k", "value": "x".repeat(70 * 1024)}).to_string();
+    let r = app.put("/api/settings", &big).await;
+    assert_eq!(
+        (r.status, r.body),
+        (
+            413,
+            json!({"data": null, "error": "Request body too large"})
+        )
+    );
+    // A WebSocket route asked for without an upgrade.
+    let id = app.create_session().await;
+    let r = app.get(&format!("/ws/sessions/{id}?clientId=c")).await;
+    assert_eq!(r.body["data"], json!(null), "{}", r.body);
+    assert!(r.body["error"].is_string(), "{}", r.body);
     app.shutdown().await;
 }
 
