@@ -245,6 +245,7 @@ impl Relay {
                 .map(|c| c.trim().to_owned())
                 .filter(|c| !c.is_empty())
                 .unwrap_or_else(|| "dev".into()),
+            write_stall_timeout: Duration::from_secs(args.ws_stall_timeout_secs),
         };
         let limits = relay_api::HttpLimits {
             header_read_timeout: Duration::from_secs(args.header_timeout_secs),

@@ -194,6 +194,11 @@ pub struct ServeArgs {
           default_value_t = relay_api::DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..))]
     pub max_connections_per_client: usize,
+    /// Seconds a write to a WebSocket client may take nothing (it stopped reading) before the
+    /// client is cut off with close code 4008; it reconnects with lastSeq.
+    #[arg(long, env = "PI_RELAY_WS_STALL_TIMEOUT_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub ws_stall_timeout_secs: u64,
     /// Log filter (tracing syntax, e.g. `info`, `relay_hub=debug`).
     #[arg(long, env = "PI_RELAY_LOG", default_value = "info")]
     pub log: String,

@@ -30,7 +30,7 @@ pub use server::{
     DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_CLIENT,
     HttpLimits,
 };
-pub use ws::MAX_CLIENT_MESSAGE;
+pub use ws::{DEFAULT_WRITE_STALL_TIMEOUT, MAX_CLIENT_MESSAGE};
 
 /// Everything handlers need.
 #[derive(Clone, Debug)]
@@ -45,6 +45,8 @@ pub struct AppState {
     pub auth_token: Option<secrecy::SecretString>,
     /// Build commit shown by `/health` (`GIT_COMMIT`, else `dev`).
     pub commit: String,
+    /// How long a write to a WebSocket client may take nothing before the client is cut off.
+    pub write_stall_timeout: std::time::Duration,
 }
 
 /// The relay's version as `/health` reports it.

@@ -4,6 +4,7 @@
 //! `0 < lastSeq < current`), then live frames; its frames go to the hub.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
@@ -68,20 +69,44 @@ async fn run(
     let conn_id = conn.id();
     let (sink, mut stream) = socket.split();
     let cancel = state.sessions.cancel_token().clone();
-    let writer = write_loop(sink, conn, id.clone(), last_seq, cancel);
+    // A frame the client got wrong is answered with a close code, which the writer sends.
+    let (violation_tx, violation) = tokio::sync::oneshot::channel();
+    let stall = state.write_stall_timeout;
+    let writer = write_loop(sink, conn, id.clone(), last_seq, stall, cancel, violation);
     let reader = async {
         while let Some(msg) = stream.next().await {
             match msg {
                 Ok(Message::Text(t)) => hub.command(conn_id, Bytes::from(t)).await,
                 Ok(Message::Binary(b)) => hub.command(conn_id, b).await,
-                Ok(Message::Close(_)) | Err(_) => break,
+                Ok(Message::Close(_)) => return,
                 Ok(Message::Ping(_) | Message::Pong(_)) => {}
+                Err(e) => {
+                    let Some(code) = violation_code(e) else {
+                        return;
+                    };
+                    let _ = violation_tx.send(code);
+                    // The writer closes the socket and ends this.
+                    return std::future::pending().await;
+                }
             }
         }
     };
     tokio::select! {
         conn = writer => conn.close().await,
         () = reader => {}
+    }
+}
+
+/// The close code for a frame the client got wrong (RFC 6455 §7.4.1), or `None` when the
+/// connection simply failed.
+fn violation_code(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error;
+    let e = e.into_inner().downcast::<Error>().ok()?;
+    match *e {
+        Error::Capacity(_) => Some((1009, "Message too big")),
+        Error::Utf8(_) => Some((1007, "Invalid UTF-8 in a text message")),
+        Error::Protocol(_) => Some((1002, "WebSocket protocol error")),
+        _ => None,
     }
 }
 
@@ -93,7 +118,11 @@ fn text(b: Bytes) -> Option<Message> {
 
 /// How long a close frame may wait for a client that does not read; then the connection is
 /// dropped without it.
-const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default of how long a write may wait for a client that takes nothing: then the client is cut
+/// off as too slow (4008) and reconnects with `lastSeq`. Bounds what a client that stopped
+/// reading holds, in a replay as in live streaming, however quiet its session.
+pub const DEFAULT_WRITE_STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 async fn close_sink(sink: &mut Sink, code: u16, reason: &str) {
     let frame = Message::Close(Some(CloseFrame {
@@ -105,108 +134,150 @@ async fn close_sink(sink: &mut Sink, code: u16, reason: &str) {
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, sink.send(frame)).await;
 }
 
-/// Sends `connected`, the replay, then live frames until the hub, the relay or the socket ends
-/// it. Returns the connection so the caller unregisters it.
+/// Why the writer stops.
+enum End {
+    /// The socket failed or the client left: nothing more to send.
+    Gone,
+    /// Close with this code and reason.
+    Close(u16, String),
+}
+
+fn too_slow() -> End {
+    End::Close(CLOSE_TOO_SLOW, TOO_SLOW.into())
+}
+
+/// One write to the client, cut off if it takes nothing for `stall`.
+async fn write<E>(
+    stall: Duration,
+    op: impl std::future::Future<Output = Result<(), E>>,
+) -> Result<(), End> {
+    match tokio::time::timeout(stall, op).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(End::Gone),
+        Err(_) => Err(too_slow()),
+    }
+}
+
+/// `connected`, the replay the client asked for (read page by page, so a replay holds at most a
+/// page in memory), and the sandbox's state.
+async fn greet(
+    sink: &mut Sink,
+    conn: &ClientConn,
+    id: &str,
+    last_seq: u64,
+    stall: Duration,
+) -> Result<(), End> {
+    let upto = conn.seq_at_connect();
+    let frame = |b: Bytes| text(b).ok_or(End::Gone);
+    write(stall, sink.feed(frame(protocol::connected(id, upto))?)).await?;
+    if last_seq > 0 && last_seq < upto {
+        let mut replay = conn.hub().replay(last_seq, upto).await.map_err(|e| {
+            tracing::warn!(session = %id, error = %e, "cannot replay the journal");
+            End::Close(1011, "Cannot read the journal".into())
+        })?;
+        write(
+            stall,
+            sink.feed(frame(protocol::replay_start(last_seq, upto))?),
+        )
+        .await?;
+        loop {
+            let page = replay.next_page().await.map_err(|e| {
+                tracing::warn!(session = %id, error = %e, "cannot replay the journal");
+                End::Close(1011, "Cannot read the journal".into())
+            })?;
+            let Some(page) = page else { break };
+            for payload in page {
+                if let Some(m) = text(payload) {
+                    write(stall, sink.feed(m)).await?;
+                }
+            }
+            write(stall, sink.flush()).await?;
+        }
+        write(stall, sink.feed(frame(protocol::replay_end())?)).await?;
+    }
+    if !conn.attached() {
+        let status = protocol::sandbox_status("stopped", Some("Sandbox channel not attached"));
+        write(stall, sink.feed(frame(status)?)).await?;
+    }
+    write(stall, sink.flush()).await
+}
+
+/// Sends `connected`, the replay, then live frames until the hub, the relay, the client or the
+/// socket ends it. Returns the connection so the caller unregisters it.
+#[allow(clippy::too_many_arguments)]
 async fn write_loop(
     mut sink: Sink,
     mut conn: ClientConn,
     id: String,
     last_seq: u64,
+    stall: Duration,
     cancel: tokio_util::sync::CancellationToken,
+    mut violation: tokio::sync::oneshot::Receiver<(u16, &'static str)>,
 ) -> ClientConn {
-    let upto = conn.seq_at_connect();
-    let greeting = async {
-        sink.feed(Message::Text(
-            protocol::connected(&id, upto).try_into().ok()?,
-        ))
-        .await
-        .ok()?;
-        if last_seq > 0 && last_seq < upto {
-            let mut replay = conn.hub().replay(last_seq, upto).await.ok()?;
-            sink.feed(text(protocol::replay_start(last_seq, upto))?)
-                .await
-                .ok()?;
-            while let Some(page) = replay.next_page().await.ok()? {
-                for payload in page {
-                    if let Some(m) = text(payload) {
-                        sink.feed(m).await.ok()?;
-                    }
-                }
-                sink.flush().await.ok()?;
-            }
-            sink.feed(text(protocol::replay_end())?).await.ok()?;
-        }
-        if !conn.attached() {
-            sink.feed(text(protocol::sandbox_status(
-                "stopped",
-                Some("Sandbox channel not attached"),
-            ))?)
-            .await
-            .ok()?;
-        }
-        sink.flush().await.ok()
-    };
-    if greeting.await.is_none() {
-        return conn;
-    }
     let kicked = conn.kicked();
-    loop {
-        let frame = tokio::select! {
+    // Whatever the writer is doing, these end it: the relay stopping, the client falling too far
+    // behind (its backlog was dropped), a frame the client got wrong.
+    let ended = async |violation: &mut tokio::sync::oneshot::Receiver<(u16, &'static str)>| {
+        tokio::select! {
             biased;
-            _ = cancel.cancelled() => {
-                close_sink(&mut sink, 1001, "Relay shutting down").await;
-                return conn;
-            }
-            _ = kicked.cancelled() => {
-                close_sink(&mut sink, CLOSE_TOO_SLOW, TOO_SLOW).await;
-                return conn;
-            }
-            frame = conn.recv() => frame,
-        };
-        // Writing blocks while the client does not read: race it against being cut off, or a
-        // stalled client would keep its socket (and the relay's buffers) forever.
-        let sent = tokio::select! {
-            biased;
-            _ = kicked.cancelled() => Sent::Kicked,
-            sent = send_batch(&mut sink, &mut conn, frame) => sent,
-        };
-        match sent {
-            Sent::More => {}
-            Sent::Done => return conn,
-            Sent::Kicked => {
-                close_sink(&mut sink, CLOSE_TOO_SLOW, TOO_SLOW).await;
-                return conn;
-            }
+            _ = cancel.cancelled() => End::Close(1001, "Relay shutting down".into()),
+            _ = kicked.cancelled() => too_slow(),
+            v = violation => match v {
+                Ok((code, reason)) => End::Close(code, reason.into()),
+                // The reader ended without one: the client is gone.
+                Err(_) => End::Gone,
+            },
         }
+    };
+    let greeted = tokio::select! {
+        biased;
+        end = ended(&mut violation) => Err(end),
+        r = greet(&mut sink, &conn, &id, last_seq, stall) => r,
+    };
+    let end = match greeted {
+        Err(end) => end,
+        Ok(()) => loop {
+            let frame = tokio::select! {
+                biased;
+                end = ended(&mut violation) => break end,
+                frame = conn.recv() => frame,
+            };
+            let sent = tokio::select! {
+                biased;
+                end = ended(&mut violation) => Err(end),
+                sent = send_batch(&mut sink, &mut conn, frame, stall) => sent,
+            };
+            if let Err(end) = sent {
+                break end;
+            }
+        },
+    };
+    if let End::Close(code, reason) = end {
+        close_sink(&mut sink, code, &reason).await;
     }
+    conn
 }
 
 const TOO_SLOW: &str = "Client too slow; reconnect with lastSeq";
 
-enum Sent {
-    More,
-    Done,
-    Kicked,
-}
-
 /// Writes `first` and whatever else is queued (up to [`FLUSH_EVERY`] frames), then flushes.
-async fn send_batch(sink: &mut Sink, conn: &mut ClientConn, first: Option<Outbound>) -> Sent {
+async fn send_batch(
+    sink: &mut Sink,
+    conn: &mut ClientConn,
+    first: Option<Outbound>,
+    stall: Duration,
+) -> Result<(), End> {
     let mut next = first;
     let mut fed = 0;
     loop {
         match next {
             Some(Outbound::Text(b)) => {
-                if let Some(m) = text(b)
-                    && sink.feed(m).await.is_err()
-                {
-                    return Sent::Done;
+                if let Some(m) = text(b) {
+                    write(stall, sink.feed(m)).await?;
                 }
             }
-            Some(Outbound::Close(code, reason)) => {
-                close_sink(sink, code, &reason).await;
-                return Sent::Done;
-            }
-            None => return Sent::Done,
+            Some(Outbound::Close(code, reason)) => return Err(End::Close(code, reason)),
+            None => return Err(End::Gone),
         }
         fed += 1;
         if fed >= FLUSH_EVERY {
@@ -217,8 +288,5 @@ async fn send_batch(sink: &mut Sink, conn: &mut ClientConn, first: Option<Outbou
             None => break,
         };
     }
-    if sink.flush().await.is_err() {
-        return Sent::Done;
-    }
-    Sent::More
+    write(stall, sink.flush()).await
 }

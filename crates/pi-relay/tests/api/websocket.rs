@@ -231,11 +231,7 @@ async fn an_oversized_frame_closes_that_socket_only() {
     let (mut other, _) = app.connect(&id, "other", 0).await;
     let huge = "x".repeat(relay_api::MAX_CLIENT_MESSAGE + 1);
     let _ = big.send(Message::Text(huge.into())).await;
-    let code = close_code(&mut big).await.0;
-    assert!(
-        code == 1009 || code == 1005 || code == 1006,
-        "close code {code}"
-    );
+    assert_eq!(close_code(&mut big).await, (1009, "Message too big".into()));
     send(&mut other, json!({"id": "still", "type": "get_state"})).await;
     assert_eq!(next_json(&mut other).await["id"], "still");
     app.shutdown().await;
@@ -498,5 +494,104 @@ async fn a_client_that_stops_reading_is_disconnected_and_can_resume() {
         let replay = until_type(&mut again, "replay_end").await;
         assert_eq!(replay.len() as u64, total - frames + 1);
     }
+    app.shutdown().await;
+}
+
+/// Writes `bytes` straight to the socket under a WebSocket client, bypassing its framing.
+async fn raw(ws: &mut Ws, bytes: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    match ws.get_mut() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.write_all(bytes).await.unwrap(),
+        _ => unreachable!("tests connect without TLS"),
+    }
+}
+
+/// A client frame: FIN set, `opcode`, masked with a zero key (so the payload goes as is).
+fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
+    let mut f = vec![0x80 | opcode, 0x80 | payload.len() as u8, 0, 0, 0, 0];
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test]
+async fn protocol_violations_are_answered_with_their_close_codes() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let cases: [(&str, Vec<u8>, u16); 3] = [
+        (
+            "invalid UTF-8 in a text frame",
+            masked(0x1, &[0xff, 0xfe, 0x41]),
+            1007,
+        ),
+        (
+            "an unmasked client frame",
+            vec![0x81, 0x02, b'h', b'i'],
+            1002,
+        ),
+        ("a reserved opcode", masked(0x3, b"x"), 1002),
+    ];
+    for (what, frame, code) in cases {
+        let (mut ws, _) = app.connect(&id, "c", 0).await;
+        raw(&mut ws, &frame).await;
+        assert_eq!(close_code(&mut ws).await.0, code, "{what}");
+    }
+    // The session is fine.
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    send(&mut ws, json!({"id": "g", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "g");
+    app.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_stops_reading_during_a_replay_is_cut_off_and_can_resume() {
+    let app = spawn_app_with(&["--ws-stall-timeout-secs", "1"]).await;
+    let id = app.active_session().await;
+    {
+        let (mut driver, _) = app.connect(&id, "driver", 0).await;
+        send(
+            &mut driver,
+            json!({"id": "f", "type": "prompt", "message": "flood 40000"}),
+        )
+        .await;
+    }
+    app.until_journaled(
+        &id,
+        40_000,
+        "agent_settled",
+        std::time::Duration::from_secs(120),
+    )
+    .await;
+    // Asks for the whole journal (about 13 MB) and never reads: the session is quiet, so only
+    // the stalled write can tell.
+    let (stalled, _) = tokio_tungstenite::connect_async(format!(
+        "{}/ws/sessions/{id}?clientId=stalled&lastSeq=1",
+        app.ws_base
+    ))
+    .await
+    .unwrap();
+    released(&app, local_port(&stalled)).await;
+    // What it reads now: some of the replay, then the end.
+    let mut stalled = stalled;
+    let mut frames = 0u64;
+    let ending = loop {
+        use futures_util::StreamExt;
+        match tokio::time::timeout(PROMPTLY, stalled.next()).await {
+            Ok(Some(Ok(Message::Text(_)))) => frames += 1,
+            Ok(Some(Ok(Message::Close(f)))) => break f.map(|f| u16::from(f.code)),
+            Ok(Some(Ok(_))) => {}
+            Ok(Some(Err(_))) | Ok(None) => break None,
+            Err(_) => panic!("the relay kept the stalled socket open ({frames} frames read)"),
+        }
+    };
+    assert!(ending.is_none() || ending == Some(4008), "{ending:?}");
+    // connected and replay_start came first; the replay itself did not finish.
+    let seen = frames.saturating_sub(2);
+    assert!(seen < 40_000, "{frames}");
+    // It resumes from what it saw, and gets exactly the rest.
+    let (mut again, connected) = app.connect(&id, "stalled", 1 + seen).await;
+    let total = connected["lastSeq"].as_u64().unwrap();
+    assert_eq!(next_json(&mut again).await["type"], "replay_start");
+    let replay = until_type(&mut again, "replay_end").await;
+    assert_eq!(replay.len() as u64, total - (1 + seen) + 1);
     app.shutdown().await;
 }
