@@ -96,6 +96,12 @@ pub(crate) fn valid_id(id: &str) -> Result<(), ApiError> {
     crate::input::uuid_id(id, ApiError::session_not_found)
 }
 
+/// A client id is a label: no hidden characters, at most 128 characters.
+pub(crate) fn check_client_id(client_id: &str) -> Result<(), relay_session::SessionError> {
+    let max = relay_session::text::MAX_CLIENT_ID_CHARS;
+    relay_session::text::check_label("clientId", client_id, max)
+}
+
 fn parse_json(body: &Bytes) -> Result<Value, ApiError> {
     serde_json::from_slice(body).map_err(|_| ApiError::invalid_json())
 }
@@ -186,6 +192,7 @@ async fn activate(
         .and_then(Value::as_str)
         .filter(|c| !c.is_empty())
         .ok_or_else(|| ApiError::bad_request("clientId is required"))?;
+    check_client_id(client_id)?;
     valid_id(&id)?;
     let a = state.sessions.activate(&id, client_id).await?;
     Ok(envelope::ok(json!({
@@ -358,6 +365,7 @@ async fn capabilities(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     valid_id(&id)?;
+    check_client_id(&client_id)?;
     state.sessions.get(&id).await?;
     let v = parse_json(&body)?;
     let caps = v.get("capabilities").cloned().unwrap_or(Value::Null);

@@ -58,6 +58,9 @@ async fn run(
     let Some(client_id) = client_id else {
         return close(socket, 4001, "clientId query parameter is required").await;
     };
+    if let Err(e) = crate::sessions::check_client_id(&client_id) {
+        return close(socket, 4001, &e.to_string()).await;
+    }
     if crate::sessions::valid_id(&id).is_err() {
         return close(socket, 4004, "Session not found").await;
     }

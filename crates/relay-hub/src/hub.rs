@@ -36,6 +36,9 @@ pub const LOG_LINES: usize = 200;
 const STDIN_QUEUE: usize = 256;
 /// Journal lines read per replay page.
 const REPLAY_PAGE: usize = 5000;
+/// Payload bytes of one replay page at most: what a replaying client holds in the relay's memory
+/// beyond its socket's buffers.
+const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
 /// A frame for one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -593,7 +596,13 @@ impl Replay {
         }
         let rows = self
             .store
-            .events(&self.session_id, self.after, self.upto, REPLAY_PAGE)
+            .events(
+                &self.session_id,
+                self.after,
+                self.upto,
+                REPLAY_PAGE,
+                REPLAY_PAGE_BYTES,
+            )
             .await?;
         let Some(last) = rows.last() else {
             // A gap at the end (should not happen): stop rather than loop.

@@ -136,7 +136,11 @@ async fn prompts_and_pi_lines_share_one_gapless_sequence() {
     .await;
     let run = until(&mut c, "agent_settled").await;
     s.store.barrier().await.unwrap();
-    let rows = s.store.events("s1", 0, u64::MAX, 10_000).await.unwrap();
+    let rows = s
+        .store
+        .events("s1", 0, u64::MAX, 10_000, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(rows.len(), run.len() + 1);
     assert_eq!(rows[0].ty, "prompt");
     for (i, r) in rows.iter().enumerate() {

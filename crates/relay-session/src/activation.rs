@@ -11,6 +11,14 @@ use relay_sandbox::{OutputHistory, SandboxError, SandboxId, SandboxStatus};
 use crate::service::Inner;
 use crate::{Activation, ConnectRefused, SessionError, SessionService};
 
+/// How a resume ended.
+enum Resumed {
+    /// The sandbox runs and its hub is attached.
+    Ready(Activation),
+    /// The sandbox was gone; a new one is being provisioned.
+    Recreating,
+}
+
 /// What resuming a sandbox in a given status takes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum ResumePlan {
@@ -67,7 +75,11 @@ impl SessionService {
                 }
                 SessionStatus::Active | SessionStatus::Idle => {
                     if let Some(cid) = row.sandbox_provider_id {
-                        return self.resume(id, &SandboxId(cid)).await;
+                        match self.resume(id, &SandboxId(cid)).await? {
+                            Resumed::Ready(a) => return Ok(a),
+                            // A new sandbox is on its way: wait for it like for a new session.
+                            Resumed::Recreating => {}
+                        }
                     }
                 }
                 SessionStatus::Creating => {}
@@ -81,10 +93,10 @@ impl SessionService {
         }
     }
 
-    async fn resume(&self, id: &str, cid: &SandboxId) -> Result<Activation, SessionError> {
+    async fn resume(&self, id: &str, cid: &SandboxId) -> Result<Resumed, SessionError> {
         let inner = &self.inner;
         let lock = inner.lock(id);
-        let _guard = lock.lock().await;
+        let guard = lock.lock().await;
         // Looked at again under the lock: the reaper may have suspended it meanwhile.
         let status = inner.row(id).await?.status;
         if !matches!(status, SessionStatus::Active | SessionStatus::Idle) {
@@ -93,7 +105,23 @@ impl SessionService {
         // Fresh secrets for a sandbox that starts now, and for the next start of one that
         // runs (its entrypoint read them when it started).
         inner.deliver_secrets(id).await?;
-        let info = inner.sandbox.inspect(cid).await.map_err(unavailable)?;
+        let info = match inner.sandbox.inspect(cid).await {
+            Ok(info) => info,
+            Err(SandboxError::NotFound(_)) => {
+                // Removed behind the relay's back (while it was down, say). The session's files
+                // and journal are all here: a new sandbox continues where the old one stopped.
+                tracing::warn!(session = %id, "the sandbox is gone; creating a new one");
+                inner
+                    .hubs
+                    .get_or_create(id)
+                    .await?
+                    .log("relay: the sandbox was gone; a new one was created".into());
+                drop(guard);
+                self.restart(id).await?;
+                return Ok(Resumed::Recreating);
+            }
+            Err(e) => return Err(unavailable(e)),
+        };
         match resume_plan(info.status) {
             ResumePlan::Attach => inner
                 .ensure_attached(id, cid, false)
@@ -123,7 +151,7 @@ impl SessionService {
                 .transition(id, SessionStatus::Idle, SessionStatus::Active, None)
                 .await?;
         }
-        self.activation(id).await
+        self.activation(id).await.map(Resumed::Ready)
     }
 
     /// What an activate answers once the sandbox runs and its hub is attached.

@@ -12,7 +12,7 @@ use relay_sandbox::{LABEL_BUILD_HASH, Network, Sandbox, SandboxError};
 use relay_store::{EnvironmentPatch, EnvironmentRow, EnvironmentWrite, Store};
 use serde_json::{Map, Value};
 
-use crate::SessionError;
+use crate::{SessionError, text};
 
 /// Sandbox types of the protocol; only `docker` runs here.
 pub const SANDBOX_TYPES: &[&str] = &["docker", "cloudflare", "gondolin"];
@@ -21,15 +21,6 @@ pub const SANDBOX_TYPES: &[&str] = &["docker", "cloudflare", "gondolin"];
 pub const RESOURCE_TIERS: &[&str] = &["small", "medium", "large"];
 /// Bounds of `idleTimeoutSeconds`.
 pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<i64> = 60..=86_400;
-/// Variables the relay or the image's entrypoint need with their own values (a replaced `PATH`
-/// would not find pi); an environment may not set them.
-pub const RESERVED_ENV: &[&str] = &[
-    "HOME",
-    "PATH",
-    "PI_CODING_AGENT_DIR",
-    "PI_SESSION_ID",
-    "PI_SECRETS_DIR",
-];
 
 /// An environment as clients see it.
 #[derive(Clone, Debug, PartialEq)]
@@ -222,7 +213,9 @@ fn normalize_env_vars(items: &[Value]) -> Result<Vec<Value>, SessionError> {
         if !valid {
             return Err(invalid(format!("Invalid env var key: {key}")));
         }
-        if RESERVED_ENV.contains(&key.as_str()) {
+        // The same names a secret may not take (a replaced `PATH` would not find pi, an
+        // `LD_PRELOAD` would run in every process of the sandbox).
+        if crate::secrets::is_reserved_variable(&key) {
             return Err(invalid(format!(
                 "Env var key is reserved by the relay: {key}"
             )));
@@ -297,6 +290,7 @@ impl EnvironmentService {
         if name.is_empty() {
             return Err(invalid("name is required"));
         }
+        text::check_label("name", name, text::MAX_NAME_CHARS)?;
         let config = self.validate(&new.sandbox_type, &new.config).await?;
         let first = self.store.environment_count().await? == 0;
         let id = uuid::Uuid::new_v4().to_string();
@@ -325,7 +319,11 @@ impl EnvironmentService {
         let current = self.get(id).await?;
         let name = match change.name.as_deref().map(str::trim) {
             Some("") => return Err(invalid("name is required")),
-            other => other.map(str::to_owned),
+            Some(n) => {
+                text::check_label("name", n, text::MAX_NAME_CHARS)?;
+                Some(n.to_owned())
+            }
+            None => None,
         };
         if let Some(t) = &change.sandbox_type {
             validate_sandbox_type(t, self.sandbox.kind())?;

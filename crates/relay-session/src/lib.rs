@@ -18,6 +18,7 @@ pub mod secrets;
 mod service;
 pub mod settings;
 mod spec;
+pub mod text;
 pub mod title;
 pub mod vault;
 
@@ -27,7 +28,7 @@ pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
 pub use relay_model::{IllegalTransition, Mode, SessionStatus};
 pub use relay_sandbox::{SandboxError, SandboxStatus};
 pub use relay_store::EventRow;
-pub use service::{MAX_EVENTS_PAGE, SessionService};
+pub use service::{MAX_EVENTS_PAGE, MAX_EVENTS_PAGE_BYTES, SessionService};
 pub use spec::{container_name, sandbox_spec};
 
 /// Settings of the session layer, taken from the relay's configuration.

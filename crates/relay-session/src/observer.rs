@@ -21,7 +21,7 @@ impl HubObserver for SessionObserver {
         let prompt = prompt
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(str::to_owned);
+            .map(|p| crate::text::truncated(p, crate::text::MAX_FIRST_MESSAGE_CHARS));
         tokio::spawn(async move {
             let now = relay_hub::timestamp();
             if let Err(e) = store.touch_session(&id, &now).await {
@@ -36,8 +36,11 @@ impl HubObserver for SessionObserver {
     }
 
     fn session_named(&self, session_id: &str, name: &str) {
+        let Some(name) = crate::text::cleaned_name(name) else {
+            return;
+        };
         let store = self.store.clone();
-        let (id, name) = (session_id.to_owned(), name.to_owned());
+        let id = session_id.to_owned();
         tokio::spawn(async move {
             if let Err(e) = store.set_session_name(&id, &name).await {
                 tracing::warn!(session = %id, error = %e, "cannot rename session");

@@ -7,7 +7,8 @@
 
 use relay_model::SessionStatus;
 use relay_sandbox::{
-    LABEL_INSTANCE, LABEL_SESSION, SandboxId, SandboxInfo, SandboxStatus, StoredSession,
+    LABEL_INSTANCE, LABEL_SESSION, SandboxError, SandboxId, SandboxInfo, SandboxStatus,
+    StoredSession,
 };
 use relay_store::{SessionRow, SessionSandbox};
 
@@ -67,7 +68,13 @@ impl SessionService {
                         }
                         // Stopped: activate restarts it.
                         Ok(_) => {}
-                        Err(e) => tracing::warn!(session = %row.id, error = %e, "sandbox missing"),
+                        Err(SandboxError::NotFound(_)) => tracing::warn!(
+                            session = %row.id,
+                            "the session's sandbox is gone; activate creates a new one"
+                        ),
+                        Err(e) => {
+                            tracing::warn!(session = %row.id, error = %e, "cannot look at the sandbox")
+                        }
                     }
                 }
                 SessionStatus::Archived | SessionStatus::Error => {}

@@ -47,6 +47,13 @@ pub const RESERVED: &[&str] = &[
     "PI_SESSION_ID",
 ];
 
+/// Whether `name` (in any case) is a variable a sandbox needs with its own value: one of
+/// [`RESERVED`] or any `LD_*`. The one rule for secrets and environments alike.
+pub fn is_reserved_variable(name: &str) -> bool {
+    RESERVED.iter().any(|r| r.eq_ignore_ascii_case(name))
+        || name.to_ascii_uppercase().starts_with("LD_")
+}
+
 /// Variables of secrets the relay uses itself (GitHub App credentials): never given to a
 /// sandbox, whatever their kind.
 pub const RELAY_ONLY: &[&str] = &["GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_WEBHOOK_SECRET"];
@@ -181,11 +188,7 @@ pub fn validate_name(name: &str) -> Result<String, SessionError> {
     if name.is_empty() {
         return Err(SessionError::Invalid("name is required".into()));
     }
-    if name.chars().count() > MAX_NAME_CHARS {
-        return Err(SessionError::Invalid(format!(
-            "name must be at most {MAX_NAME_CHARS} characters"
-        )));
-    }
+    crate::text::check_label("name", name, MAX_NAME_CHARS)?;
     Ok(name.to_owned())
 }
 
@@ -221,9 +224,7 @@ pub fn validate_env_var(raw: &str) -> Result<String, SessionError> {
             "envVar must be at most {MAX_ENV_VAR_CHARS} characters"
         )));
     }
-    if RESERVED.iter().any(|r| r.eq_ignore_ascii_case(v))
-        || v.to_ascii_uppercase().starts_with("LD_")
-    {
+    if is_reserved_variable(v) {
         return Err(SessionError::Invalid(format!(
             "envVar '{v}' is reserved for the sandbox itself"
         )));

@@ -19,12 +19,15 @@ use tokio_util::task::TaskTracker;
 
 use crate::observer::SessionObserver;
 use crate::secrets::SecretService;
+use crate::text;
 use crate::{
     EventPage, NewSessionRequest, SandboxState, SandboxView, Session, SessionConfig, SessionError,
 };
 
 /// Most events one `GET …/events` page returns.
 pub const MAX_EVENTS_PAGE: usize = 10_000;
+/// Payload bytes after which a `GET …/events` page ends (it holds at least one event).
+pub const MAX_EVENTS_PAGE_BYTES: usize = 8 * 1024 * 1024;
 
 /// The service; cheap to clone.
 #[derive(Clone, Debug)]
@@ -164,13 +167,27 @@ impl SessionService {
                     .into(),
             ));
         }
-        let name = req
-            .session_name
-            .as_deref()
-            .map(str::trim)
-            .filter(|n| !n.is_empty())
-            .map(str::to_owned)
-            .unwrap_or_else(|| crate::title::session_title(req.first_prompt.as_deref(), req.mode));
+        let name = match req.session_name.as_deref().map(str::trim) {
+            Some(n) if !n.is_empty() => {
+                text::check_label("sessionName", n, text::MAX_NAME_CHARS)?;
+                n.to_owned()
+            }
+            _ => {
+                let title = crate::title::session_title(req.first_prompt.as_deref(), req.mode);
+                text::cleaned_name(&title)
+                    .unwrap_or_else(|| crate::title::session_title(None, req.mode))
+            }
+        };
+        if req
+            .system_prompt
+            .as_ref()
+            .is_some_and(|p| p.len() > text::MAX_SYSTEM_PROMPT_BYTES)
+        {
+            return Err(SessionError::Invalid(format!(
+                "systemPrompt must be at most {} bytes",
+                text::MAX_SYSTEM_PROMPT_BYTES
+            )));
+        }
         let id = uuid::Uuid::new_v4().to_string();
         inner
             .store
@@ -189,7 +206,7 @@ impl SessionService {
                     .as_deref()
                     .map(str::trim)
                     .filter(|p| !p.is_empty())
-                    .map(str::to_owned),
+                    .map(|p| text::truncated(p, text::MAX_FIRST_MESSAGE_CHARS)),
                 created_at: relay_hub::timestamp(),
             })
             .await
@@ -229,7 +246,7 @@ impl SessionService {
     }
 
     /// A page of the journal: events with `seq > after`, at most `limit` (1 to
-    /// [`MAX_EVENTS_PAGE`]).
+    /// [`MAX_EVENTS_PAGE`]) and about [`MAX_EVENTS_PAGE_BYTES`] of payloads.
     pub async fn events(
         &self,
         id: &str,
@@ -241,7 +258,9 @@ impl SessionService {
         // journal must see at least what clients have seen.
         self.inner.store.barrier().await?;
         let limit = limit.clamp(1, MAX_EVENTS_PAGE);
-        let events = self.inner.store.events(id, after, u64::MAX, limit).await?;
+        let events = (self.inner.store)
+            .events(id, after, u64::MAX, limit, MAX_EVENTS_PAGE_BYTES)
+            .await?;
         let last_seq = events.last().map_or(after, |e| e.seq);
         Ok(EventPage { events, last_seq })
     }

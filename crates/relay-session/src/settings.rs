@@ -144,11 +144,7 @@ impl SettingsService {
         if PROTECTED.contains(&key) {
             return Err(invalid("Cannot modify protected setting"));
         }
-        if key.chars().count() > MAX_KEY_CHARS {
-            return Err(invalid(format!(
-                "Key must be at most {MAX_KEY_CHARS} characters"
-            )));
-        }
+        crate::text::check_label("Key", key, MAX_KEY_CHARS)?;
         validate(key, value)?;
         let text = value.to_string();
         if text.len() > MAX_VALUE_BYTES {

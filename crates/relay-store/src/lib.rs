@@ -637,13 +637,16 @@ impl Store {
         .await
     }
 
-    /// Events with `after < seq <= upto`, ascending, at most `limit`.
+    /// Events with `after < seq <= upto`, ascending: at most `limit` of them, and no more once
+    /// their payloads reach `max_bytes` (the first event always comes, however large, so paging
+    /// makes progress).
     pub async fn events(
         &self,
         session_id: &str,
         after: u64,
         upto: u64,
         limit: usize,
+        max_bytes: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
         let id = session_id.to_owned();
         self.read(move |c| {
@@ -665,17 +668,21 @@ impl Store {
                  WHERE id >= ?1 AND id <= ?2 ORDER BY id LIMIT ?3",
             )?;
             let limit = i64::try_from(limit).unwrap_or(i64::MAX);
-            let rows = st
-                .query_map(params![from, to, limit], |r| {
-                    Ok(EventRow {
-                        seq: journal::seq_of(r.get(0)?),
-                        ty: r.get(1)?,
-                        payload: r.get(2)?,
-                        created_at: journal::rfc3339(r.get(3)?),
-                    })
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok(rows)
+            let mut rows = st.query(params![from, to, limit])?;
+            let (mut out, mut bytes) = (Vec::new(), 0usize);
+            while bytes < max_bytes
+                && let Some(r) = rows.next()?
+            {
+                let row = EventRow {
+                    seq: journal::seq_of(r.get(0)?),
+                    ty: r.get(1)?,
+                    payload: r.get(2)?,
+                    created_at: journal::rfc3339(r.get(3)?),
+                };
+                bytes += row.payload.len();
+                out.push(row);
+            }
+            Ok(out)
         })
         .await
     }

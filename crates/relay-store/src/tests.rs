@@ -163,31 +163,55 @@ async fn journal_lines_are_readable_after_a_barrier_in_order() {
     assert_eq!(store.max_seq("s1").await.unwrap(), 10);
     assert_eq!(store.max_seq("s2").await.unwrap(), 1);
     assert_eq!(store.max_seq("none").await.unwrap(), 0);
-    let page = store.events("s1", 2, u64::MAX, 3).await.unwrap();
+    let page = store
+        .events("s1", 2, u64::MAX, 3, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(page.iter().map(|e| e.seq).collect::<Vec<_>>(), [3, 4, 5]);
     assert_eq!(page[0].payload, "{\"type\":\"agent_start\",\"n\":3}");
     assert_eq!(page[0].ty, "agent_start");
-    let bounded = store.events("s1", 0, 4, 100).await.unwrap();
+    let bounded = store.events("s1", 0, 4, 100, usize::MAX).await.unwrap();
     assert_eq!(bounded.len(), 4);
     assert_eq!(bounded[0].created_at, "2026-01-01T00:00:00.000Z");
-    assert!(store.events("s1", 4, 4, 100).await.unwrap().is_empty());
     assert!(
         store
-            .events("s1", 10, u64::MAX, 100)
+            .events("s1", 4, 4, 100, usize::MAX)
             .await
             .unwrap()
             .is_empty()
     );
     assert!(
         store
-            .events("none", 0, u64::MAX, 100)
+            .events("s1", 10, u64::MAX, 100, usize::MAX)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert!(
+        store
+            .events("none", 0, u64::MAX, 100, usize::MAX)
             .await
             .unwrap()
             .is_empty()
     );
     // Each session's lines stay its own, whatever the order they were written in.
-    let s2 = store.events("s2", 0, u64::MAX, 100).await.unwrap();
+    let s2 = store
+        .events("s2", 0, u64::MAX, 100, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(s2.iter().map(|e| e.seq).collect::<Vec<_>>(), [1]);
+    // A page ends once its payloads reach the byte budget, and always holds one event.
+    let line = page[0].payload.len();
+    let by_bytes = store
+        .events("s1", 0, u64::MAX, 100, 3 * line)
+        .await
+        .unwrap();
+    assert_eq!(
+        by_bytes.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        [1, 2, 3]
+    );
+    let tiny = store.events("s1", 5, u64::MAX, 100, 1).await.unwrap();
+    assert_eq!(tiny.iter().map(|e| e.seq).collect::<Vec<_>>(), [6]);
 }
 
 #[tokio::test]
@@ -199,7 +223,10 @@ async fn journals_written_interleaved_read_back_apart() {
     store.append_batch(batch, None).await.unwrap();
     store.barrier().await.unwrap();
     for id in ["a", "b", "c"] {
-        let all = store.events(id, 0, u64::MAX, 1000).await.unwrap();
+        let all = store
+            .events(id, 0, u64::MAX, 1000, usize::MAX)
+            .await
+            .unwrap();
         assert_eq!(
             all.iter().map(|e| e.seq).collect::<Vec<_>>(),
             (1..=50).collect::<Vec<_>>()
@@ -219,7 +246,10 @@ async fn a_sequence_number_out_of_range_is_dropped_alone() {
     ];
     store.append_batch(batch, None).await.unwrap();
     store.barrier().await.unwrap();
-    let all = store.events("s1", 0, u64::MAX, 10).await.unwrap();
+    let all = store
+        .events("s1", 0, u64::MAX, 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -258,7 +288,10 @@ async fn a_database_from_before_journal_keys_keeps_its_journal() {
         }
     }
     let store = Store::open(&path).unwrap();
-    let s1 = store.events("s1", 0, u64::MAX, 10).await.unwrap();
+    let s1 = store
+        .events("s1", 0, u64::MAX, 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(
         s1.iter()
             .map(|e| (e.seq, e.payload.as_str(), e.created_at.as_str()))
@@ -282,7 +315,10 @@ async fn a_duplicate_journal_seq_is_dropped_not_fatal() {
     store.append(entry("s1", 1)).await.unwrap();
     store.append(entry("s1", 2)).await.unwrap();
     store.barrier().await.unwrap();
-    let all = store.events("s1", 0, u64::MAX, 10).await.unwrap();
+    let all = store
+        .events("s1", 0, u64::MAX, 10, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(all.iter().map(|e| e.seq).collect::<Vec<_>>(), [1, 2]);
 }
 
@@ -640,7 +676,10 @@ async fn a_large_batch_with_one_duplicate_keeps_every_other_line() {
     let batch: Vec<_> = (1..=100).map(|seq| entry("s1", seq)).collect();
     store.append_batch(batch, None).await.unwrap();
     store.barrier().await.unwrap();
-    let all = store.events("s1", 0, u64::MAX, 1000).await.unwrap();
+    let all = store
+        .events("s1", 0, u64::MAX, 1000, usize::MAX)
+        .await
+        .unwrap();
     assert_eq!(all.len(), 100);
     assert_eq!(
         all.iter().map(|e| e.seq).collect::<Vec<_>>(),

@@ -4,6 +4,7 @@
 mod connections;
 mod environments;
 mod helpers;
+mod limits;
 mod providers;
 mod secrets;
 mod sessions;

@@ -804,3 +804,74 @@ async fn sessions_left_creating_by_a_stopped_relay_are_adopted_or_failed() {
     assert_eq!(fake.existing().len(), 1);
     second.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_sandbox_removed_while_the_relay_was_down_is_recreated_by_activate() {
+    let dir = tempfile::tempdir().unwrap();
+    let fake = fake(&dir);
+    let first_args = args(dir.path(), &[]);
+    let first = start(dir, first_args, fake.clone()).await;
+    let id = first.active_session().await;
+    {
+        let (mut ws, _) = first.connect(&id, "c", 0).await;
+        prompt(&mut ws, "p", "hi").await;
+    }
+    std::fs::write(
+        first
+            .state_dir()
+            .join(format!("sessions/{id}/workspace/kept.txt")),
+        "work",
+    )
+    .unwrap();
+    let journal_before = first
+        .get(&format!("/api/sessions/{id}/events?limit=1000"))
+        .await
+        .body["data"]["events"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    let TestApp { relay, dir, .. } = first;
+    relay.unwrap().shutdown().await;
+    // Someone removes the container while the relay is away.
+    let [old] = fake.existing().try_into().unwrap();
+    relay_sandbox::Sandbox::remove(&fake, &old).await.unwrap();
+
+    let second_args = args(dir.path(), &[]);
+    let second = start(dir, second_args, fake.clone()).await;
+    let s = second.get(&format!("/api/sessions/{id}/sandbox")).await;
+    assert_eq!(s.body["data"]["status"], "error");
+    let r = second.activate(&id, "c").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let [new] = fake.existing().try_into().unwrap();
+    assert_ne!(new, old);
+    let s = second.get(&format!("/api/sessions/{id}")).await.body["data"].clone();
+    assert_eq!(s["status"], "active");
+    assert_eq!(s["sandboxProviderId"], new.as_str());
+    // Its files are there, and its journal goes on where it stopped.
+    assert!(
+        second
+            .state_dir()
+            .join(format!("sessions/{id}/workspace/kept.txt"))
+            .exists()
+    );
+    let (mut ws, connected) = second.connect(&id, "c", journal_before).await;
+    assert_eq!(connected["lastSeq"], journal_before);
+    prompt(&mut ws, "p2", "again").await;
+    let events = second
+        .get(&format!("/api/sessions/{id}/events?limit=1000"))
+        .await
+        .body["data"]["events"]
+        .clone();
+    let seqs: Vec<u64> = events
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["seq"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(seqs.len() as u64 > journal_before);
+    let logs =
+        second.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
+    assert!(logs.contains("the sandbox was gone"), "{logs}");
+    second.shutdown().await;
+}
