@@ -92,11 +92,37 @@ pub fn sandbox_user(args: &ServeArgs) -> (u32, u32) {
 /// Where sessions' files live on this host: under the state directory (created if needed), handed
 /// to the sandbox user when the relay runs as root.
 pub fn host_storage(dirs: &Resolved) -> Result<HostStorage, BoxError> {
-    std::fs::create_dir_all(&dirs.state_dir)
-        .map_err(|e| format!("cannot create {}: {e}", dirs.state_dir.display()))?;
+    create_private_dir(&dirs.state_dir)?;
     // Absolute: the paths are handed to the engine as bind-mount sources.
     let state_dir = std::fs::canonicalize(&dirs.state_dir)?;
     Ok(HostStorage::new(state_dir, effective_ids().0 == 0))
+}
+
+/// The host account that has `uid`, if any (from `/etc/passwd`).
+fn host_account(uid: u32) -> Option<String> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    passwd.lines().find_map(|line| {
+        let mut fields = line.split(':');
+        let name = fields.next()?;
+        (fields.nth(1)?.parse::<u32>().ok()? == uid).then(|| name.to_owned())
+    })
+}
+
+/// Warns when sandboxes would run as the uid of a real account of this host: the files they
+/// write belong to that account here, and a sandbox that escaped its container would act as it.
+fn warn_about_the_sandbox_uid(args: &ServeArgs) {
+    if effective_ids().0 != 0 {
+        // Sandboxes run as the relay's own user: that is the account they are meant to be.
+        return;
+    }
+    if let Some(account) = host_account(args.sandbox_uid) {
+        tracing::warn!(
+            uid = args.sandbox_uid,
+            %account,
+            "sandboxes run as the uid of a host account: the files they write are that account's \
+             on this host; consider --sandbox-uid/--sandbox-gid with ids no account has (e.g. 100000)"
+        );
+    }
 }
 
 /// Descriptors kept for everything but client connections: the database, the engine, session
@@ -140,6 +166,17 @@ fn connection_budget(wanted: usize) -> usize {
     wanted.min(fits)
 }
 
+/// Creates `dir` (and missing parents) private to the relay's user (0700). An existing one keeps
+/// its mode: the operator chose it.
+fn create_private_dir(dir: &Path) -> Result<(), BoxError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("cannot create {}: {e}", dir.display()).into())
+}
+
 /// Reads this relay's instance id, creating it on first start.
 fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
     if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {
@@ -173,8 +210,7 @@ impl Relay {
         sandbox: Arc<dyn Sandbox>,
     ) -> Result<Relay, BoxError> {
         for dir in [&dirs.data_dir, &dirs.config_dir] {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| format!("cannot create {}: {e}", dir.display()))?;
+            create_private_dir(dir)?;
         }
         if let Some(parent) = dirs.db_path.parent() {
             std::fs::create_dir_all(parent)?;
@@ -195,6 +231,7 @@ impl Relay {
         let environments =
             EnvironmentService::new(store.clone(), sandbox.clone(), args.sandbox_image.clone());
         let settings = SettingsService::new(store.clone());
+        warn_about_the_sandbox_uid(args);
         let cfg = SessionConfig {
             default_image: args.sandbox_image.clone(),
             sandbox_user: sandbox_user(args),
@@ -231,7 +268,7 @@ impl Relay {
         let running = reaper.clone();
         let stop = cancel.clone();
         tasks.spawn(async move { running.run(stop).await });
-        let listener = tokio::net::TcpListener::bind((args.host, args.port))
+        let listener = tokio::net::TcpListener::bind(&dirs.listen[..])
             .await
             .map_err(|e| format!("cannot listen on {}:{}: {e}", args.host, args.port))?;
         let addr = listener.local_addr()?;
@@ -352,6 +389,7 @@ async fn signalled() {
 /// `pi-relay serve`.
 pub async fn serve(mut args: ServeArgs) -> Result<(), BoxError> {
     args.encryption_key = crate::config::encryption_key_from_env()?;
+    args.read_token_file()?;
     let filter = tracing_subscriber::EnvFilter::try_new(&args.log)
         .map_err(|e| format!("invalid --log filter {:?}: {e}", args.log))?;
     tracing_subscriber::fmt()

@@ -1,7 +1,7 @@
 //! Command line and environment: every setting has a flag and an environment variable, with
 //! defaults under the XDG directories. Validated once at startup.
 
-use std::net::IpAddr;
+use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
@@ -107,9 +107,10 @@ pub fn encryption_key_from_env() -> Result<Option<SecretString>, String> {
 /// Settings of `pi-relay serve`.
 #[derive(Clone, Debug, Args)]
 pub struct ServeArgs {
-    /// Address to listen on. Anything but loopback needs --auth-token (or --insecure).
+    /// Address or host name to listen on (`localhost`, `127.0.0.1`, `::1`, `0.0.0.0`, …).
+    /// Anything but loopback needs an auth token (or --insecure).
     #[arg(long, env = "PI_RELAY_HOST", default_value = "127.0.0.1")]
-    pub host: IpAddr,
+    pub host: String,
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PI_RELAY_PORT", default_value_t = 31415)]
     pub port: u16,
@@ -126,9 +127,13 @@ pub struct ServeArgs {
     #[arg(long, env = "PI_RELAY_DB_PATH")]
     pub db_path: Option<PathBuf>,
     /// Bearer token required on every route but /health (WebSockets may pass ?token=). Prefer
-    /// the environment variable: a value on the command line shows in the process list.
+    /// the environment variable or --auth-token-file: a value on the command line shows in the
+    /// process list.
     #[arg(long, env = "PI_RELAY_AUTH_TOKEN", hide_env_values = true, value_parser = secret)]
     pub auth_token: Option<SecretString>,
+    /// File holding the bearer token (one line; readable by its owner only).
+    #[arg(long, env = "PI_RELAY_AUTH_TOKEN_FILE", conflicts_with = "auth_token")]
+    pub auth_token_file: Option<PathBuf>,
     /// Allow listening on a non-loopback address without a token.
     #[arg(long, env = "PI_RELAY_INSECURE")]
     pub insecure: bool,
@@ -211,6 +216,8 @@ pub struct ServeArgs {
 /// Settings resolved to concrete values.
 #[derive(Clone, Debug)]
 pub struct Resolved {
+    /// Where to listen: the addresses `--host` resolves to, with the port.
+    pub listen: Vec<SocketAddr>,
     /// Database and instance id.
     pub data_dir: PathBuf,
     /// Relay configuration (the key file).
@@ -245,13 +252,49 @@ fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
 }
 
 impl ServeArgs {
+    /// Reads the token of `--auth-token-file` into `auth_token`. Refuses a file others can read
+    /// or write, as for the encryption key.
+    pub fn read_token_file(&mut self) -> Result<(), String> {
+        use std::os::unix::fs::PermissionsExt;
+        let Some(path) = &self.auth_token_file else {
+            return Ok(());
+        };
+        let meta = std::fs::metadata(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let mode = meta.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            return Err(format!(
+                "the token file {} can be accessed by other users (mode {mode:04o}); run \
+                 `chmod 600 {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| format!("cannot read the token file {}: {e}", path.display()))?;
+        let token = text.trim_end_matches(['\n', '\r']);
+        if token.trim().is_empty() {
+            return Err(format!("the token file {} is empty", path.display()));
+        }
+        self.auth_token = Some(SecretString::from(token));
+        Ok(())
+    }
+
     /// Checks combinations and fills in default directories.
     pub fn resolve(&self) -> Result<Resolved, String> {
-        if !self.host.is_loopback() && self.auth_token.is_none() && !self.insecure {
+        let listen: Vec<SocketAddr> = (self.host.as_str(), self.port)
+            .to_socket_addrs()
+            .map_err(|e| format!("cannot resolve --host {}: {e}", self.host))?
+            .collect();
+        if listen.is_empty() {
+            return Err(format!("--host {} resolves to no address", self.host));
+        }
+        let exposed = listen.iter().any(|a| !a.ip().is_loopback());
+        if exposed && self.auth_token.is_none() && !self.insecure {
             return Err(format!(
                 "refusing to listen on {} without an auth token: anyone who can reach it could \
-                 run code in your sandboxes. Set PI_RELAY_AUTH_TOKEN (or --auth-token), or pass \
-                 --insecure if you really mean it",
+                 run code in your sandboxes. Set PI_RELAY_AUTH_TOKEN (or --auth-token-file), or \
+                 pass --insecure if you really mean it",
                 self.host
             ));
         }
@@ -283,6 +326,7 @@ impl ServeArgs {
             .clone()
             .unwrap_or_else(|| data_dir.join("relay.db"));
         Ok(Resolved {
+            listen,
             data_dir,
             config_dir,
             state_dir,
@@ -315,9 +359,63 @@ mod tests {
     }
 
     #[test]
+    fn a_host_name_resolving_to_loopback_needs_no_token() {
+        let r = parse(&["--host", "localhost", "--port", "9"])
+            .resolve()
+            .unwrap();
+        assert!(!r.listen.is_empty());
+        assert!(
+            r.listen
+                .iter()
+                .all(|a| a.ip().is_loopback() && a.port() == 9)
+        );
+        let e = parse(&["--host", "no-such-host.invalid"])
+            .resolve()
+            .unwrap_err();
+        assert!(
+            e.starts_with("cannot resolve --host no-such-host.invalid"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_token_can_come_from_a_private_file() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("token");
+        std::fs::write(&file, "t0ken-from-file\n").unwrap();
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let path = file.to_str().unwrap();
+        let mut a = parse(&["--host", "0.0.0.0", "--auth-token-file", path]);
+        a.read_token_file().unwrap();
+        assert_eq!(
+            a.auth_token.as_ref().map(|t| t.expose_secret()),
+            Some("t0ken-from-file")
+        );
+        assert!(a.resolve().is_ok());
+        std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let e = parse(&["--auth-token-file", path])
+            .read_token_file()
+            .unwrap_err();
+        assert!(
+            e.contains("can be accessed by other users (mode 0644)"),
+            "{e}"
+        );
+        let both = Cli::try_parse_from([
+            "pi-relay",
+            "serve",
+            "--auth-token",
+            "x",
+            "--auth-token-file",
+            path,
+        ]);
+        assert!(both.is_err());
+    }
+
+    #[test]
     fn defaults_listen_on_loopback_port_31415() {
         let a = parse(&[]);
-        assert_eq!(a.host.to_string(), "127.0.0.1");
+        assert_eq!(a.host, "127.0.0.1");
         assert_eq!(a.port, 31415);
         assert!(a.resolve().is_ok());
     }

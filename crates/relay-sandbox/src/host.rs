@@ -97,6 +97,16 @@ impl HostStorage {
     }
 
     fn prepare_blocking(&self, l: &HostLayout, user: (u32, u32)) -> io::Result<()> {
+        // The sessions' parent is the relay's alone: a sandbox reaches its own directories
+        // through its mounts, never through this path.
+        let sessions = self.state_dir.join("sessions");
+        if !sessions.exists() {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(&sessions)?;
+        }
         for dir in [&l.root, &l.workspace, &l.agent, &l.generated] {
             std::fs::create_dir_all(dir)?;
         }

@@ -65,6 +65,15 @@ pub enum StoreError {
     /// The writer thread has stopped (the store is closing).
     #[error("database writer has stopped")]
     Closed,
+    /// The database's files could not be created or made private.
+    #[error("cannot prepare the database files {path}: {source}")]
+    Files {
+        /// The database path.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: std::io::Error,
+    },
     /// The database file could not be opened or prepared.
     #[error("cannot open database {path}: {source}")]
     Open {
@@ -128,10 +137,45 @@ fn open_connection(path: &Path) -> Result<Connection, StoreError> {
     Ok(conn)
 }
 
+/// Creates the database file 0600 if it is new, and takes group and other access away from it and
+/// its `-wal` and `-shm` files if they have any (SQLite creates those with the database's mode).
+fn make_private(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    match std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+    {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    for suffix in ["", "-wal", "-shm"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        let file = PathBuf::from(name);
+        match std::fs::metadata(&file) {
+            Ok(m) if m.permissions().mode() & 0o077 != 0 => {
+                std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600))?;
+            }
+            Ok(_) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 impl Store {
     /// Opens (creating if needed) the database at `path`, applies pending migrations and starts
-    /// the writer thread.
+    /// the writer thread. The database and its WAL and shared-memory files are private to the
+    /// relay's user (mode 0600): they hold every conversation.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
+        make_private(path).map_err(|source| StoreError::Files {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let mut conn = open_connection(path)?;
         migrations::apply(&mut conn)?;
         let readers = (0..READERS)

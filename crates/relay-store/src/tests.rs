@@ -716,3 +716,25 @@ async fn batches_beyond_the_journal_queue_budget_are_written_in_turn() {
         JOURNAL_QUEUE_BYTES
     );
 }
+
+#[tokio::test]
+async fn the_database_files_are_private_to_the_relay() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("relay.db");
+    let mode = |suffix: &str| {
+        let f = dir.path().join(format!("relay.db{suffix}"));
+        std::fs::metadata(f).unwrap().permissions().mode() & 0o777
+    };
+    {
+        let store = Store::open(&path).unwrap();
+        store.insert_session(new_session("s1")).await.unwrap();
+        for suffix in ["", "-wal", "-shm"] {
+            assert_eq!(mode(suffix), 0o600, "relay.db{suffix}");
+        }
+    }
+    // A database made readable by others (an older relay, a copy) is made private again.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _store = Store::open(&path).unwrap();
+    assert_eq!(mode(""), 0o600);
+}

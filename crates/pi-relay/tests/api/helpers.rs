@@ -113,6 +113,8 @@ pub(crate) async fn start_with(
             .with_test_writer()
             .try_init();
     }
+    let mut args = args;
+    args.read_token_file().unwrap();
     let resolved = args.resolve().unwrap();
     let relay = Relay::start(&args, &resolved, sandbox).await.unwrap();
     let addr = relay.addr;

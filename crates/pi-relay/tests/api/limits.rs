@@ -179,3 +179,65 @@ async fn a_journal_page_is_bounded_in_bytes_as_well_as_count() {
     assert_eq!(seen as u64, after, "every event once, in order");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn what_the_relay_keeps_on_disk_is_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let secret = json!({"name": "s", "envVar": "MY_TOKEN", "value": "v"});
+    assert_eq!(
+        app.post("/api/secrets", &secret.to_string()).await.status,
+        201
+    );
+    app.relay
+        .as_ref()
+        .unwrap()
+        .sessions()
+        .flush()
+        .await
+        .unwrap();
+    let root = app.dir.path();
+    let state = app.state_dir();
+    let mode = |p: std::path::PathBuf| {
+        let m = std::fs::metadata(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+        m.permissions().mode() & 0o777
+    };
+    let expected = [
+        (root.join("data"), 0o700),
+        (root.join("config"), 0o700),
+        (state.clone(), 0o700),
+        (root.join("data/relay.db"), 0o600),
+        (root.join("data/relay.db-wal"), 0o600),
+        (root.join("data/relay.db-shm"), 0o600),
+        (root.join("data/relay.db.lock"), 0o600),
+        (root.join("config/encryption.key"), 0o600),
+        (state.join("sessions"), 0o700),
+        (state.join(format!("sessions/{id}")), 0o750),
+        (state.join(format!("pi-secrets-{id}")), 0o700),
+        (state.join(format!("pi-secrets-{id}/my_token")), 0o400),
+    ];
+    for (path, want) in expected {
+        assert_eq!(mode(path.clone()), want, "{}", path.display());
+    }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn the_token_can_come_from_a_file() {
+    use std::os::unix::fs::PermissionsExt;
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), "file-t0ken\n").unwrap();
+    std::fs::set_permissions(file.path(), std::fs::Permissions::from_mode(0o600)).unwrap();
+    let app = spawn_app_with(&["--auth-token-file", file.path().to_str().unwrap()]).await;
+    assert_eq!(app.token.as_deref(), Some("file-t0ken"));
+    assert_eq!(app.get("/api/sessions").await.status, 200);
+    let bare = app
+        .http
+        .get(format!("{}/api/sessions", app.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bare.status(), 401);
+    app.shutdown().await;
+}
