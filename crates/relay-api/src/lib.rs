@@ -56,8 +56,8 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const MAX_SESSION_BODY: usize = 1024 * 1024;
 /// Largest request body of the secret and environment routes (a secret's value is at most 64 KiB).
 pub const MAX_CONFIG_BODY: usize = 256 * 1024;
-/// Largest request body of the settings routes.
-pub const MAX_SETTINGS_BODY: usize = 64 * 1024;
+/// Largest request body of the settings routes (a value is at most 256 KiB as JSON).
+pub const MAX_SETTINGS_BODY: usize = 512 * 1024;
 
 /// The whole application.
 pub fn router(state: AppState) -> Router {

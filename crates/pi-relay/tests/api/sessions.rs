@@ -81,8 +81,8 @@ async fn every_error_of_the_http_layer_is_enveloped() {
     assert!(res.headers().contains_key("allow"));
     let body: serde_json::Value = res.json().await.unwrap();
     assert_eq!(body, json!({"data": null, "error": "Method not allowed"}));
-    // A body over the route's limit (settings: 64 KiB).
-    let big = json!({"key": "k", "value": "x".repeat(70 * 1024)}).to_string();
+    // A body over the route's limit (settings: 512 KiB).
+    let big = json!({"key": "k", "value": "x".repeat(600 * 1024)}).to_string();
     let r = app.put("/api/settings", &big).await;
     assert_eq!(
         (r.status, r.body),
