@@ -15,9 +15,10 @@ use std::path::{Path, PathBuf};
 
 use crate::sys;
 
-/// Directories nested deeper than this below a configured path are not entered (each level
-/// holds one open descriptor).
-pub const MAX_DEPTH: usize = 512;
+/// Directories nested deeper than this below a configured path are not entered. Each level holds
+/// one open descriptor: 128 levels fit with room to spare in the open-file limit of any process
+/// (1,024 by default; 256 on some hosts), and a home or workspace is rarely nested a fifth of that.
+pub const MAX_DEPTH: usize = 128;
 
 /// One hand-over: which ids to look for, which to give, and where not to go.
 #[derive(Debug)]
