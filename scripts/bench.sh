@@ -14,6 +14,7 @@ bash scripts/docker-up.sh >&2
 bash images/sandbox-debian/build.sh >&2
 bash images/bench-fake-pi/build.sh >&2
 cargo build --release --locked -p pi-relay -p relay-bench
+bash scripts/build-forwarder.sh >&2
 # Shown by the relay's /health and copied into the report.
 commit=$(git rev-parse --short HEAD 2>/dev/null || echo unknown)
 if [[ $commit != unknown ]] && ! git diff --quiet HEAD 2>/dev/null; then

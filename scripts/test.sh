@@ -17,4 +17,6 @@ fi
 bash images/sandbox-debian/build.sh
 # The fault tests run the fake pi in this image (long, fast, deterministic runs).
 bash images/bench-fake-pi/build.sh
+# Sandboxes reach the relay through this static forwarder (crates/relay-forward).
+bash scripts/build-forwarder.sh
 cargo test --workspace --all-features --locked "$@"

@@ -12,4 +12,5 @@ export PI_RELAY_DOCKERD_FLAGS="${PI_RELAY_DOCKERD_FLAGS-}"
 bash scripts/docker-up.sh
 bash images/sandbox-debian/build.sh
 cargo build --release --locked -p pi-relay
+bash scripts/build-forwarder.sh
 exec "${CARGO_TARGET_DIR:-target}/release/pi-relay" serve "$@"
