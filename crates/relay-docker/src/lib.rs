@@ -23,9 +23,9 @@ use bollard::query_parameters::{
 use futures_util::{StreamExt, TryStreamExt};
 use relay_sandbox::host::{HostLayout, HostStorage};
 use relay_sandbox::{
-    AGENT_PATH, Capabilities, HOME_PATH, ImageInfo, Network, OutputChunk, OutputHistory,
-    SECRETS_PATH, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo, SandboxSpec,
-    SandboxStatus, SessionStorage, WORKSPACE_PATH,
+    AGENT_PATH, Capabilities, EGRESS_DIR_PATH, EGRESS_SOCKET_NAME, FORWARDER_USER, HOME_PATH,
+    ImageInfo, Network, OutputChunk, OutputHistory, SECRETS_PATH, Sandbox, SandboxError, SandboxId,
+    SandboxInfo, SandboxIo, SandboxSpec, SandboxStatus, SessionStorage, WORKSPACE_PATH,
 };
 
 /// How long a single Engine API request may take before its response headers arrive. Attach
@@ -42,7 +42,13 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     pause: true,
     output_history: OutputHistory::SinceCreation,
     image_listing: true,
+    egress: true,
 };
+
+/// Where a sandbox sees the relay's forwarder binary (read-only).
+pub const FORWARDER_PATH: &str = "/run/pi-relay/forward";
+/// Label carrying the port of a sandbox's forwarder, so a start after a relay restart knows it.
+const LABEL_EGRESS_PORT: &str = "pi-relay.egress-port";
 
 /// Size of the tmpfs mounted at the sandbox user's home.
 const HOME_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
@@ -52,6 +58,10 @@ const HOME_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
 pub struct DockerSandbox {
     docker: Docker,
     storage: HostStorage,
+    /// The static forwarder binary on this host, mounted into sandboxes that get egress.
+    forwarder: Option<std::path::PathBuf>,
+    /// Sandbox id → its forwarder's port (known from create, or read from its label).
+    egress_ports: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<u16>>>>,
     /// Image id → the entrypoint to use under the hardened flags (see [`strip_fixuid`]).
     entrypoints: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<Vec<String>>>>>,
 }
@@ -113,8 +123,72 @@ impl DockerSandbox {
         Ok(DockerSandbox {
             docker,
             storage,
+            forwarder: None,
+            egress_ports: Default::default(),
             entrypoints: Default::default(),
         })
+    }
+
+    /// The same provider, running `binary` (a static build of `crates/relay-forward`) as the
+    /// forwarder of sandboxes that get egress.
+    pub fn with_forwarder(mut self, binary: std::path::PathBuf) -> DockerSandbox {
+        self.forwarder = Some(binary);
+        self
+    }
+
+    /// Starts the forwarder of sandbox `id`, if it has one: `docker exec` as [`FORWARDER_USER`],
+    /// detached, so it is no child of pi's and the agent cannot signal it.
+    async fn start_forwarder(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        let known = self
+            .egress_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id.as_str())
+            .copied();
+        let port = match known {
+            Some(port) => port,
+            None => {
+                let info = self.inspect(id).await?;
+                let port = info
+                    .labels
+                    .get(LABEL_EGRESS_PORT)
+                    .and_then(|p| p.parse().ok());
+                self.egress_ports
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .insert(id.0.clone(), port);
+                port
+            }
+        };
+        let Some(port) = port else { return Ok(()) };
+        let socket = format!("{EGRESS_DIR_PATH}/{EGRESS_SOCKET_NAME}");
+        let (uid, gid) = FORWARDER_USER;
+        let exec = self
+            .docker
+            .create_exec(
+                id.as_str(),
+                bollard::exec::CreateExecOptions {
+                    cmd: Some(vec![FORWARDER_PATH.to_owned(), port.to_string(), socket]),
+                    user: Some(format!("{uid}:{gid}")),
+                    attach_stdin: Some(false),
+                    attach_stdout: Some(false),
+                    attach_stderr: Some(false),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| map_err(e, "create the forwarder's exec"))?;
+        self.docker
+            .start_exec(
+                &exec.id,
+                Some(bollard::exec::StartExecOptions {
+                    detach: true,
+                    ..Default::default()
+                }),
+            )
+            .await
+            .map_err(|e| map_err(e, "start the forwarder"))?;
+        Ok(())
     }
 
     /// The engine client, for tools that measure against the engine directly (the benchmark).
@@ -168,7 +242,11 @@ impl DockerSandbox {
 
     /// The engine's container configuration for `spec`, the session's files at the contract's
     /// paths (see [`HostLayout`]).
-    pub fn container_body(spec: &SandboxSpec, layout: &HostLayout) -> ContainerCreateBody {
+    pub fn container_body(
+        spec: &SandboxSpec,
+        layout: &HostLayout,
+        forwarder: Option<&std::path::Path>,
+    ) -> ContainerCreateBody {
         let path = |p: &std::path::Path| p.to_string_lossy().into_owned();
         let bind = |host: &std::path::Path, target: &str, read_only: bool| DockerMount {
             target: Some(target.to_owned()),
@@ -177,7 +255,7 @@ impl DockerSandbox {
             read_only: Some(read_only),
             ..Default::default()
         };
-        let mounts = vec![
+        let mut mounts = vec![
             bind(&layout.workspace, WORKSPACE_PATH, false),
             bind(&layout.agent, AGENT_PATH, false),
             bind(&layout.secrets, SECRETS_PATH, true),
@@ -189,6 +267,18 @@ impl DockerSandbox {
                 true,
             ),
         ];
+        let mut labels: HashMap<String, String> = spec
+            .labels
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        if let (Some(egress), Some(binary)) = (spec.egress, forwarder) {
+            // The directory, not the socket: a relay restart makes a new socket in it, which a
+            // mount of the socket file would never see.
+            mounts.push(bind(&layout.egress, EGRESS_DIR_PATH, true));
+            mounts.push(bind(binary, FORWARDER_PATH, true));
+            labels.insert(LABEL_EGRESS_PORT.to_owned(), egress.port.to_string());
+        }
         let (uid, gid) = spec.user;
         // $HOME must be writable whatever uid the sandbox runs as.
         let tmpfs = HashMap::from([(
@@ -232,12 +322,7 @@ impl DockerSandbox {
             env: Some(spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect()),
             user: Some(format!("{}:{}", spec.user.0, spec.user.1)),
             working_dir: Some(spec.working_dir.clone()),
-            labels: Some(
-                spec.labels
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.clone()))
-                    .collect(),
-            ),
+            labels: Some(labels),
             attach_stdin: Some(true),
             attach_stdout: Some(true),
             attach_stderr: Some(true),
@@ -398,8 +483,18 @@ impl Sandbox for DockerSandbox {
         let options = CreateContainerOptionsBuilder::default()
             .name(&spec.name)
             .build();
+        if spec.egress.is_some() && self.forwarder.is_none() {
+            return Err(SandboxError::runtime(
+                "this sandbox needs the relay's forwarder, and none is configured (build it with \
+                 scripts/build-forwarder.sh)",
+            ));
+        }
         self.generate_files(spec).await?;
-        let mut body = Self::container_body(spec, &self.storage.layout(&spec.session_id));
+        let mut body = Self::container_body(
+            spec,
+            &self.storage.layout(&spec.session_id),
+            self.forwarder.as_deref(),
+        );
         if spec.hardened {
             body.entrypoint = self.hardened_entrypoint(&spec.image).await?;
         }
@@ -411,6 +506,10 @@ impl Sandbox for DockerSandbox {
         for w in created.warnings {
             tracing::warn!(container = %spec.name, warning = %w, "docker create warning");
         }
+        self.egress_ports
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(created.id.clone(), spec.egress.map(|e| e.port));
         Ok(SandboxId(created.id))
     }
 
@@ -457,7 +556,9 @@ impl Sandbox for DockerSandbox {
         self.docker
             .start_container(id.as_str(), None::<StartContainerOptions>)
             .await
-            .map_err(|e| map_err(e, "start container"))
+            .map_err(|e| map_err(e, "start container"))?;
+        // Every start is a new set of processes: the forwarder starts again with them.
+        self.start_forwarder(id).await
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), SandboxError> {

@@ -62,6 +62,21 @@ mod helpers {
         .expect("Docker engine must be running for these tests (scripts/docker-up.sh)")
     }
 
+    /// The static forwarder `scripts/build-forwarder.sh` builds (`PI_RELAY_FORWARDER` names
+    /// another). Its absence fails the tests that need it, with the fix in the message.
+    pub(crate) fn forwarder() -> std::path::PathBuf {
+        std::env::var_os("PI_RELAY_FORWARDER")
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| {
+                let target = std::env::var_os("CARGO_TARGET_DIR")
+                    .map(std::path::PathBuf::from)
+                    .unwrap_or_else(|| {
+                        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target")
+                    });
+                target.join("debug/pi-relay-forward")
+            })
+    }
+
     /// bollard's own client, to read the raw container configuration.
     pub(crate) async fn raw_docker() -> bollard::Docker {
         let docker = bollard::Docker::connect_with_defaults().expect("bollard client");
@@ -96,7 +111,7 @@ mod helpers {
                 .expect("tempdir");
             // As the relay running as root: session files are handed to the sandbox user.
             let storage = HostStorage::new(state.path().to_path_buf(), true);
-            let sandbox = connect(storage.clone()).await;
+            let sandbox = connect(storage.clone()).await.with_forwarder(forwarder());
             let image_id = within("pin image", sandbox.pin_image(&image_ref()))
                 .await
                 .unwrap_or_else(|e| panic!("test image {} must be present: {e}", image_ref()));
@@ -154,6 +169,11 @@ mod helpers {
         /// Where the session of `spec` has its files on the host.
         pub(crate) fn layout(&self, spec: &SandboxSpec) -> HostLayout {
             self.storage.layout(&spec.session_id)
+        }
+
+        /// Where the relay serves the egress socket of the session of `spec`.
+        pub(crate) fn egress_socket(&self, spec: &SandboxSpec) -> std::path::PathBuf {
+            self.storage.egress_socket(&spec.session_id)
         }
 
         pub(crate) async fn create(&self, spec: &SandboxSpec) -> SandboxId {
@@ -1041,6 +1061,66 @@ async fn needs_docker_exited_sandbox_can_be_started_again() {
         "run\nrun\n"
     );
     drop(io);
+    within("remove", fx.sandbox.remove(&id))
+        .await
+        .expect("remove");
+    fx.cleanup().await;
+}
+
+#[tokio::test]
+async fn needs_docker_the_forwarder_carries_the_sandbox_to_the_egress_socket_and_the_agent_cannot_kill_it()
+ {
+    let fx = Fixture::new().await;
+    assert!(
+        forwarder().is_file(),
+        "{} is missing: run scripts/build-forwarder.sh",
+        forwarder().display()
+    );
+    let script = r#"
+        for i in $(seq 100); do
+            if exec 3<>/dev/tcp/127.0.0.1/18080; then break; fi 2>/dev/null
+            sleep 0.05
+        done
+        echo ping >&3
+        read -r line <&3
+        echo "got:$line"
+        for p in /proc/[0-9]*; do
+            if [ "$(cat $p/comm 2>/dev/null)" = forward ]; then
+                echo "forwarder-uid:$(awk '/^Uid:/ {print $2}' $p/status)"
+                if kill "${p#/proc/}" 2>/dev/null; then echo kill:done; else echo kill:refused; fi
+            fi
+        done
+        if exec 4<>/dev/tcp/1.1.1.1/443; then echo outside:reached; else echo outside:unreachable; fi 2>/dev/null
+    "#;
+    let mut spec = fx
+        .spec(vec!["bash".to_owned(), "-c".to_owned(), script.to_owned()])
+        .await;
+    spec.egress = Some(relay_sandbox::Egress { port: 18080 });
+    // The relay's side: a socket that answers each line with "pong".
+    let socket = fx.egress_socket(&spec);
+    let listener = tokio::net::UnixListener::bind(&socket).expect("bind the egress socket");
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&socket, std::fs::Permissions::from_mode(0o666)).unwrap();
+    }
+    let server = tokio::spawn(async move {
+        use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+        let (stream, _) = listener.accept().await.unwrap();
+        let (r, mut w) = stream.into_split();
+        let mut lines = BufReader::new(r).lines();
+        let line = lines.next_line().await.unwrap().unwrap();
+        w.write_all(format!("pong-{line}\n").as_bytes())
+            .await
+            .unwrap();
+    });
+    let (id, mut io) = fx.run(&spec).await;
+    let got = collect_output(&mut io, None).await;
+    within("the relay side", server).await.unwrap();
+    let out = got.out();
+    assert!(out.contains("got:pong-ping\n"), "{out} {}", got.err());
+    assert!(out.contains("forwarder-uid:65534\n"), "{out}");
+    assert!(out.contains("kill:refused\n"), "{out}");
+    assert!(out.contains("outside:unreachable\n"), "{out}");
     within("remove", fx.sandbox.remove(&id))
         .await
         .expect("remove");

@@ -79,6 +79,7 @@ fn spec(name: &str) -> SandboxSpec {
         network: relay_sandbox::Network::None,
         limits: Limits::default(),
         hardened: true,
+        egress: None,
     }
 }
 

@@ -68,6 +68,7 @@ pub const DOCKER_LIKE: Capabilities = Capabilities {
     pause: true,
     output_history: OutputHistory::SinceCreation,
     image_listing: true,
+    egress: true,
 };
 
 impl State {

@@ -27,6 +27,8 @@ pub struct HostLayout {
     pub generated: PathBuf,
     /// `<stateDir>/pi-secrets-<id>` → `/run/secrets`
     pub secrets: PathBuf,
+    /// `<stateDir>/egress/<id>` → `/run/egress` (read-only): the session's egress socket
+    pub egress: PathBuf,
 }
 
 impl HostLayout {
@@ -38,6 +40,7 @@ impl HostLayout {
             agent: root.join("agent"),
             generated: root.join("sandbox"),
             secrets: state_dir.join(format!("pi-secrets-{id}")),
+            egress: state_dir.join("egress").join(id),
             root,
         }
     }
@@ -97,16 +100,22 @@ impl HostStorage {
     }
 
     fn prepare_blocking(&self, l: &HostLayout, user: (u32, u32)) -> io::Result<()> {
-        // The sessions' parent is the relay's alone: a sandbox reaches its own directories
-        // through its mounts, never through this path.
-        let sessions = self.state_dir.join("sessions");
-        if !sessions.exists() {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(&sessions)?;
+        // The sessions' parents are the relay's alone: a sandbox reaches its own directories
+        // through its mounts, never through these paths (and no other host user reaches a
+        // session's egress socket).
+        for parent in ["sessions", "egress"] {
+            let dir = self.state_dir.join(parent);
+            if !dir.exists() {
+                use std::os::unix::fs::DirBuilderExt;
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(&dir)?;
+            }
         }
+        // Searchable by the forwarder, which runs as another user than the sandbox's.
+        std::fs::create_dir_all(&l.egress)?;
+        std::fs::set_permissions(&l.egress, std::fs::Permissions::from_mode(0o755))?;
         for dir in [&l.root, &l.workspace, &l.agent, &l.generated] {
             std::fs::create_dir_all(dir)?;
         }
@@ -238,7 +247,10 @@ impl HostStorage {
             }
             Ok(out)
         };
-        let files = ids(&self.state_dir.join("sessions"), "")?;
+        let mut files = ids(&self.state_dir.join("sessions"), "")?;
+        files.extend(ids(&self.state_dir.join("egress"), "")?);
+        files.sort();
+        files.dedup();
         let secrets = ids(&self.state_dir, "pi-secrets-")?;
         let mut all: Vec<String> = files.iter().chain(&secrets).cloned().collect();
         all.sort();
@@ -312,9 +324,14 @@ impl SessionStorage for HostStorage {
     async fn remove(&self, session: &str) -> Result<(), SandboxError> {
         self.blocking(session, |_, l| {
             remove_dir_if_exists(&l.secrets)?;
+            remove_dir_if_exists(&l.egress)?;
             remove_dir_if_exists(&l.root)
         })
         .await
+    }
+
+    fn egress_socket(&self, session: &str) -> PathBuf {
+        self.layout(session).egress.join(crate::EGRESS_SOCKET_NAME)
     }
 
     async fn sessions(&self) -> Result<Vec<StoredSession>, SandboxError> {

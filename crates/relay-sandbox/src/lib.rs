@@ -38,6 +38,13 @@ pub const AGENT_PATH: &str = "/data/agent";
 pub const SECRETS_PATH: &str = "/run/secrets";
 /// The sandbox user's home: private and writable, whatever uid the sandbox runs as.
 pub const HOME_PATH: &str = "/home/user";
+/// Where a sandbox sees the directory holding its egress socket (read-only).
+pub const EGRESS_DIR_PATH: &str = "/run/egress";
+/// The egress socket's file name in its directory.
+pub const EGRESS_SOCKET_NAME: &str = "egress.sock";
+/// The uid:gid the forwarder runs as inside a sandbox: not the agent's, so the agent cannot
+/// signal or replace it.
+pub const FORWARDER_USER: (u32, u32) = (65534, 65534);
 
 /// The runtime's own id of a sandbox (a Docker container id).
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,6 +75,9 @@ pub struct Capabilities {
     pub output_history: OutputHistory,
     /// Lists the sandbox images it holds ([`Sandbox::list_images`]).
     pub image_listing: bool,
+    /// Runs the relay's forwarder in a sandbox ([`SandboxSpec::egress`]), so a sandbox without a
+    /// network of its own reaches the relay's egress gateway.
+    pub egress: bool,
 }
 
 /// How much of what a sandbox printed its provider keeps, for recovering output printed while
@@ -177,6 +187,17 @@ pub struct SandboxSpec {
     pub limits: Limits,
     /// Drop all capabilities, forbid privilege escalation, run an init process.
     pub hardened: bool,
+    /// The sandbox's way to the relay's egress gateway, if it gets one.
+    pub egress: Option<Egress>,
+}
+
+/// A forwarder inside the sandbox, on `127.0.0.1:port`, carrying every connection to the
+/// session's egress socket ([`SessionStorage::egress_socket`]), run as [`FORWARDER_USER`] from
+/// every start of the sandbox on. The socket's directory is visible at [`EGRESS_DIR_PATH`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Egress {
+    /// The loopback port the forwarder listens on.
+    pub port: u16,
 }
 
 /// Where a sandbox is in its life, as the runtime reports it.
@@ -394,6 +415,11 @@ pub trait SessionStorage: Send + Sync + fmt::Debug {
     async fn remove(&self, session: &str) -> Result<(), SandboxError>;
     /// Every session with files here, so files of sessions that are gone can be removed.
     async fn sessions(&self) -> Result<Vec<StoredSession>, SandboxError>;
+    /// Where the relay serves the session's egress socket: a Unix socket in a directory the
+    /// session's sandbox sees at [`EGRESS_DIR_PATH`]. The directory exists once the session is
+    /// prepared and is never replaced while it lives (a sandbox sees a new socket in it, not a
+    /// new directory).
+    fn egress_socket(&self, session: &str) -> std::path::PathBuf;
 }
 
 /// The operations the relay needs from a sandbox runtime. Implementations must be idempotent

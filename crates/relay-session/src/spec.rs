@@ -128,6 +128,7 @@ pub(crate) fn spec_for(
         network: env.network(&cfg.network),
         limits: limits_for(env.resource_tier.as_deref()),
         hardened: cfg.hardened,
+        egress: None,
     }
 }
 
