@@ -6,7 +6,7 @@
 //! own user and owns them already.
 
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, chown};
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt, lchown};
 use std::path::{Component, Path, PathBuf};
 
 use async_trait::async_trait;
@@ -74,9 +74,10 @@ impl HostStorage {
         HostLayout::new(&self.state_dir, id)
     }
 
+    /// Gives `p` (never what it may link to) to the sandbox's user.
     fn own(&self, p: &Path, (uid, gid): (u32, u32)) -> io::Result<()> {
         if self.chown {
-            chown(p, Some(uid), Some(gid))?;
+            lchown(p, Some(uid), Some(gid))?;
         }
         Ok(())
     }
@@ -207,21 +208,50 @@ impl HostStorage {
                     ),
                 ));
             }
+            // The agent directory is the sandbox's: on a re-provision it may hold symlinks
+            // planted by the agent. Nothing is followed: an existing entry of any kind (a symlink
+            // included) is left alone, a parent that is not a real directory skips the file, and
+            // files are created exclusively (never through a symlink). No sandbox runs while
+            // this happens (provisioning removes the old one first), so checks stay true.
             let target = l.agent.join(&f.path);
-            if target.exists() {
+            if std::fs::symlink_metadata(&target).is_ok() {
                 continue;
             }
             // Create and own each missing parent, top down.
             let mut dir = l.agent.clone();
+            let mut parents_ok = true;
             for c in f.path.parent().into_iter().flat_map(Path::components) {
                 dir.push(c);
-                if !dir.exists() {
-                    std::fs::create_dir(&dir)?;
-                    self.own(&dir, user)?;
+                match std::fs::symlink_metadata(&dir) {
+                    Ok(m) if m.is_dir() => {}
+                    Ok(_) => {
+                        parents_ok = false;
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        std::fs::create_dir(&dir)?;
+                        self.own(&dir, user)?;
+                    }
+                    Err(e) => return Err(e),
                 }
             }
-            std::fs::write(&target, &f.content)?;
-            self.own(&target, user)?;
+            if !parents_ok {
+                tracing::warn!(
+                    file = %f.path.display(),
+                    "an agent template file is not copied: a parent in the agent directory is not a directory"
+                );
+                continue;
+            }
+            // O_EXCL: fails on any existing entry, and never follows a symlink.
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&target)?;
+            out.write_all(&f.content)?;
+            if self.chown {
+                std::os::unix::fs::fchown(&out, Some(user.0), Some(user.1))?;
+            }
         }
         Ok(())
     }
@@ -424,6 +454,43 @@ mod tests {
             assert!(err.is_err(), "{bad:?}");
         }
         assert!(!l.root.join("escape").exists());
+    }
+
+    #[tokio::test]
+    async fn agent_files_never_follow_links_the_agent_planted() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let l = s.layout(ID);
+        s.prepare(ID, USER).await.unwrap();
+        // An agent left links to places outside its directory before its sandbox was
+        // re-provisioned.
+        let outside = dir.path().join("outside");
+        std::fs::create_dir(&outside).unwrap();
+        std::os::unix::fs::symlink(outside.join("models.json"), l.agent.join("models.json"))
+            .unwrap();
+        std::os::unix::fs::symlink(&outside, l.agent.join("extensions")).unwrap();
+        let file = |p: &str| AgentFile {
+            path: p.into(),
+            content: bytes::Bytes::from_static(b"template"),
+        };
+        s.seed_agent_files(
+            ID,
+            USER,
+            vec![file("models.json"), file("extensions/x/index.js")],
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            std::fs::read_dir(&outside).unwrap().count(),
+            0,
+            "nothing was written through a link"
+        );
+        assert!(
+            std::fs::symlink_metadata(l.agent.join("models.json"))
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
     }
 
     #[tokio::test]
