@@ -122,15 +122,22 @@ impl FromStr for Upstream {
     }
 }
 
-impl fmt::Display for Upstream {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+impl Upstream {
+    /// `scheme://host:port`, without the base path.
+    pub fn origin(&self) -> String {
         let scheme = if self.tls { "https" } else { "http" };
         let host = if self.host.contains(':') {
             format!("[{}]", self.host)
         } else {
             self.host.clone()
         };
-        write!(f, "{scheme}://{host}:{}{}", self.port, self.base_path)
+        format!("{scheme}://{host}:{}", self.port)
+    }
+}
+
+impl fmt::Display for Upstream {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}{}", self.origin(), self.base_path)
     }
 }
 
@@ -236,8 +243,10 @@ pub fn split_route(path: &str) -> Option<(&str, &str)> {
 }
 
 /// The upstream URI for `rest` (the path after `/p/<id>/`) and `query` of a sandbox's request,
-/// if the route allows the path. A `key` query parameter (Google's) is removed: the relay's key
-/// goes in a header.
+/// if the route allows the path. The sandbox's base URL for the provider keeps the upstream's
+/// base path (`/p/openai/v1` for `https://api.openai.com/v1`), so `rest` starts with it and
+/// whatever an SDK appends stays visible and checked. A `key` query parameter (Google's) is
+/// removed: the relay's key goes in a header.
 pub fn upstream_uri(
     route: &ProviderRoute,
     rest: &str,
@@ -254,14 +263,23 @@ pub fn upstream_uri(
     {
         return Err(RouteError::UnsafePath);
     }
+    let not_allowed = || RouteError::PathNotAllowed(rest.to_owned());
+    let base = route.upstream.base_path.trim_start_matches('/');
+    let within = if base.is_empty() {
+        rest
+    } else {
+        rest.strip_prefix(base)
+            .and_then(|r| r.strip_prefix('/'))
+            .ok_or_else(not_allowed)?
+    };
     let allowed = route.api.paths().iter().any(|p| {
-        rest == *p
-            || rest
+        within == *p
+            || within
                 .strip_prefix(p)
                 .is_some_and(|after| after.starts_with('/') || after.starts_with(':'))
     });
     if !allowed {
-        return Err(RouteError::PathNotAllowed(rest.to_owned()));
+        return Err(not_allowed());
     }
     let query = query
         .map(|q| {
@@ -271,7 +289,7 @@ pub fn upstream_uri(
         })
         .filter(|q| !q.is_empty());
     let u = &route.upstream;
-    let mut uri = format!("{u}/{rest}");
+    let mut uri = format!("{}/{rest}", u.origin());
     if let Some(q) = query {
         uri.push('?');
         uri.push_str(&q);
@@ -317,13 +335,40 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
+/// The key a sandbox is given for every provider the relay serves: it means "the relay's key
+/// goes here" and is worth nothing anywhere else.
+pub const PLACEHOLDER_KEY: &str = "pi-relay-gateway-placeholder";
+
 /// Turns a sandbox's request headers into the upstream's: hop-by-hop headers, `Host` and every
 /// credential removed (also the route's own headers, whatever the sandbox put there), the
 /// upstream asked for an uncompressed body (so usage can be read from it), then the relay's key
-/// and headers added.
+/// and headers added. The key goes where the sandbox's client put [`PLACEHOLDER_KEY`] (its SDK
+/// knows how the provider wants it: `x-api-key`, `Authorization: Bearer`, …); when no header
+/// held it, where the provider's API expects it.
 pub fn prepare_headers(headers: &mut HeaderMap, route: &ProviderRoute) {
     strip_hop_by_hop(headers);
     headers.remove(header::HOST);
+    let mut keyed: Vec<(HeaderName, String)> = Vec::new();
+    if let Some(key) = &route.key {
+        for h in CREDENTIAL_HEADERS {
+            let sent = headers.get(*h).and_then(|v| v.to_str().ok());
+            if let Some(v) = sent.filter(|v| v.contains(PLACEHOLDER_KEY)) {
+                keyed.push((
+                    HeaderName::from_static(h),
+                    v.replace(PLACEHOLDER_KEY, key.expose_secret()),
+                ));
+            }
+        }
+        if keyed.is_empty() {
+            keyed.push(match route.api.key_header().filter(|_| !route.bearer) {
+                Some(name) => (name, key.expose_secret().to_owned()),
+                None => (
+                    header::AUTHORIZATION,
+                    format!("Bearer {}", key.expose_secret()),
+                ),
+            });
+        }
+    }
     for h in CREDENTIAL_HEADERS {
         headers.remove(*h);
     }
@@ -334,14 +379,7 @@ pub fn prepare_headers(headers: &mut HeaderMap, route: &ProviderRoute) {
         header::ACCEPT_ENCODING,
         HeaderValue::from_static("identity"),
     );
-    if let Some(key) = &route.key {
-        let (name, value) = match route.api.key_header().filter(|_| !route.bearer) {
-            Some(name) => (name, key.expose_secret().to_owned()),
-            None => (
-                header::AUTHORIZATION,
-                format!("Bearer {}", key.expose_secret()),
-            ),
-        };
+    for (name, value) in keyed {
         insert_sensitive(headers, name, &value);
     }
     for (name, value) in &route.headers {
@@ -405,10 +443,16 @@ mod tests {
 
         let openai = route(ApiKind::OpenAiCompletions, "https://api.openai.com/v1");
         assert_eq!(
-            upstream_uri(&openai, "chat/completions", None).unwrap(),
+            upstream_uri(&openai, "v1/chat/completions", None).unwrap(),
             "https://api.openai.com:443/v1/chat/completions"
         );
-        assert!(upstream_uri(&openai, "files", None).is_err());
+        assert!(upstream_uri(&openai, "v1/files", None).is_err());
+        assert_eq!(
+            upstream_uri(&openai, "chat/completions", None),
+            Err(RouteError::PathNotAllowed("chat/completions".into())),
+            "outside the base path"
+        );
+        assert!(upstream_uri(&openai, "v2/chat/completions", None).is_err());
 
         let google = route(
             ApiKind::GoogleGenerativeAi,
@@ -417,7 +461,7 @@ mod tests {
         assert_eq!(
             upstream_uri(
                 &google,
-                "models/gemini:streamGenerateContent",
+                "v1beta/models/gemini:streamGenerateContent",
                 Some("alt=sse&key=leaked")
             )
             .unwrap(),
@@ -425,7 +469,7 @@ mod tests {
             "a key in the query never reaches upstream"
         );
         assert_eq!(
-            upstream_uri(&google, "models", Some("key=x")).unwrap(),
+            upstream_uri(&google, "v1beta/models", Some("key=x")).unwrap(),
             "https://generativelanguage.googleapis.com:443/v1beta/models"
         );
     }
@@ -434,12 +478,12 @@ mod tests {
     fn traversal_and_encoded_separators_are_refused() {
         let openai = route(ApiKind::OpenAiCompletions, "https://api.openai.com/v1");
         for bad in [
-            "chat/completions/../../admin",
-            "chat//completions",
-            "./chat/completions",
-            "chat/completions%2f..",
-            "chat/completions/%2E%2E",
-            "chat\\completions",
+            "v1/chat/completions/../../admin",
+            "v1/chat//completions",
+            "./v1/chat/completions",
+            "v1/chat/completions%2f..",
+            "v1/chat/completions/%2E%2E",
+            "v1/chat\\completions",
             "",
         ] {
             assert_eq!(
@@ -532,6 +576,26 @@ mod tests {
         keyless.key = None;
         let mut h = headers(&sent);
         prepare_headers(&mut h, &keyless);
+        assert!(!h.contains_key("authorization"));
+    }
+
+    #[test]
+    fn the_key_goes_where_the_sandbox_put_the_placeholder() {
+        let anthropic = route(ApiKind::AnthropicMessages, "https://api.anthropic.com");
+        // An SDK that sends the key as a bearer token gets the real one there.
+        let mut h = headers(&[
+            ("authorization", &format!("Bearer {PLACEHOLDER_KEY}")),
+            ("x-api-key", "something-else"),
+        ]);
+        prepare_headers(&mut h, &anthropic);
+        assert_eq!(h["authorization"], "Bearer real-key");
+        assert!(!h.contains_key("x-api-key"));
+        let mut h = headers(&[("x-api-key", PLACEHOLDER_KEY)]);
+        prepare_headers(
+            &mut h,
+            &route(ApiKind::OpenAiCompletions, "https://x.test/v1"),
+        );
+        assert_eq!(h["x-api-key"], "real-key");
         assert!(!h.contains_key("authorization"));
     }
 

@@ -238,8 +238,11 @@ async fn connect(socket: &Path) -> Sender {
 fn post(path: &str, body: &str) -> Request<Full<Bytes>> {
     Request::post(path)
         .header("host", "127.0.0.1:18080")
-        .header("authorization", "Bearer placeholder")
-        .header("x-api-key", "placeholder")
+        .header(
+            "authorization",
+            format!("Bearer {}", relay_gateway::provider::PLACEHOLDER_KEY),
+        )
+        .header("x-api-key", "a-key-the-agent-found")
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(body.to_owned())))
         .unwrap()
@@ -255,7 +258,7 @@ async fn a_model_call_reaches_the_provider_with_the_relays_key_and_streams_back(
     let mut send = connect(&s.socket).await;
     let res = send
         .send_request(post(
-            "/p/mock/chat/completions",
+            "/p/mock/v1/chat/completions",
             r#"{"model":"m","stream":true}"#,
         ))
         .await
@@ -294,7 +297,7 @@ async fn a_model_call_reaches_the_provider_with_the_relays_key_and_streams_back(
     // The same connection serves the next request (kept alive both ways).
     let res = send
         .send_request(
-            Request::get("/p/mock/models")
+            Request::get("/p/mock/v1/models")
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -326,7 +329,11 @@ async fn requests_outside_the_providers_api_are_refused_with_a_reason() {
             403,
             "not one of the provider's model API paths",
         ),
-        ("/p/mock/chat/completions/../../admin", 403, "'..' segments"),
+        (
+            "/p/mock/v1/chat/completions/../../admin",
+            403,
+            "'..' segments",
+        ),
         (
             "/p/other/v1/messages",
             404,
@@ -500,7 +507,7 @@ async fn deny_refuses_even_the_providers_hosts_but_model_calls_still_work() {
     let mut send = connect(&s.socket).await;
     let res = send
         .send_request(
-            Request::get("/p/mock/models")
+            Request::get("/p/mock/v1/models")
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -520,7 +527,7 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
     let mut send = connect(&s.socket).await;
     let res = send
         .send_request(
-            Request::get("/p/mock/models")
+            Request::get("/p/mock/v1/models")
                 .header("x-big", "a".repeat(32 * 1024))
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
@@ -531,7 +538,7 @@ async fn oversized_and_slow_request_heads_are_cut_off() {
 
     // A client that never finishes its head is disconnected (hyper answers 408 first).
     let mut raw = UnixStream::connect(&s.socket).await.unwrap();
-    raw.write_all(b"GET /p/mock/models HTTP/1.1\r\nHost: x\r\n")
+    raw.write_all(b"GET /p/mock/v1/models HTTP/1.1\r\nHost: x\r\n")
         .await
         .unwrap();
     let mut out = Vec::new();
@@ -562,7 +569,7 @@ async fn closing_a_session_removes_its_socket_and_reopening_replaces_a_stale_one
     let mut send = connect(&s.socket).await;
     let res = send
         .send_request(
-            Request::get("/p/mock/models")
+            Request::get("/p/mock/v1/models")
                 .body(Full::new(Bytes::new()))
                 .unwrap(),
         )
@@ -597,11 +604,103 @@ async fn an_unreachable_provider_is_a_502_with_the_cause() {
     }]));
     let mut send = connect(&s.socket).await;
     let res = send
-        .send_request(post("/p/mock/chat/completions", "{}"))
+        .send_request(post("/p/mock/v1/chat/completions", "{}"))
         .await
         .unwrap();
     assert_eq!(res.status(), 502);
     let body = text(res).await;
     assert!(body.contains("could not reach https://llm.test"), "{body}");
     assert!(body.contains("cannot connect to llm.test"), "{body}");
+}
+
+/// An HTTP proxy for the relay itself, as a host that needs one has: it records what it was
+/// asked for and tunnels every name to the echo server.
+async fn upstream_proxy(echo: SocketAddr) -> (SocketAddr, Arc<Mutex<Vec<(String, String)>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let asked = Arc::new(Mutex::new(Vec::new()));
+    let log = asked.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let log = log.clone();
+            tokio::spawn(async move {
+                let svc = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+                    let log = log.clone();
+                    async move {
+                        let auth = req
+                            .headers()
+                            .get("proxy-authorization")
+                            .map(|v| v.to_str().unwrap().to_owned())
+                            .unwrap_or_default();
+                        log.lock().unwrap().push((req.uri().to_string(), auth));
+                        let upgrade = hyper::upgrade::on(&mut req);
+                        tokio::spawn(async move {
+                            let mut client = TokioIo::new(upgrade.await.unwrap());
+                            let mut server = tokio::net::TcpStream::connect(echo).await.unwrap();
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                        });
+                        Ok::<_, std::convert::Infallible>(Response::new(Full::new(Bytes::new())))
+                    }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .with_upgrades()
+                    .await;
+            });
+        }
+    });
+    (addr, asked)
+}
+
+#[tokio::test]
+async fn with_an_upstream_proxy_tunnels_go_through_it_and_mapped_names_do_not() {
+    let echo = echo_server().await;
+    let (proxy, asked) = upstream_proxy(echo).await;
+    let stop = CancellationToken::new();
+    let gateway = Gateway::new(
+        GatewayConfig {
+            dial: DialConfig {
+                resolve: HashMap::from([("echo.test".to_owned(), vec![echo.ip()])]),
+                connect_timeout: Duration::from_secs(5),
+                proxy: Some(format!("http://relay:s3cret@{proxy}").parse().unwrap()),
+            },
+            extra_ca: vec![],
+            limits: Limits::default(),
+        },
+        stop.clone(),
+    )
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("egress.sock");
+    let open = EgressPolicy {
+        mode: EgressMode::Open,
+        allow: vec![],
+    };
+    gateway.open("s1", &socket, open).unwrap();
+
+    // A name the relay does not know: the proxy resolves it.
+    let mut send = connect(&socket).await;
+    let res = connect_to(&mut send, "far.example:4443").await;
+    assert_eq!(res.status(), 200);
+    let mut tunnel = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    tunnel.write_all(b"via proxy").await.unwrap();
+    let mut buf = [0u8; 9];
+    tunnel.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"via proxy");
+    {
+        let asked = asked.lock().unwrap();
+        assert_eq!(asked.len(), 1);
+        assert_eq!(asked[0].0, "far.example:4443");
+        use base64::Engine;
+        let expected = base64::engine::general_purpose::STANDARD.encode("relay:s3cret");
+        assert_eq!(asked[0].1, format!("Basic {expected}"));
+    }
+
+    // A mapped name is reached directly.
+    let mut send = connect(&socket).await;
+    let res = connect_to(&mut send, &format!("echo.test:{}", echo.port())).await;
+    assert_eq!(res.status(), 200);
+    assert_eq!(asked.lock().unwrap().len(), 1, "not through the proxy");
+    stop.cancel();
 }
