@@ -5,7 +5,7 @@
 
 use std::error::Error;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -177,6 +177,45 @@ fn create_private_dir(dir: &Path) -> Result<(), BoxError> {
         .map_err(|e| format!("cannot create {}: {e}", dir.display()).into())
 }
 
+/// How the egress gateway reaches upstreams, from the flags.
+fn gateway_config(args: &ServeArgs) -> Result<relay_gateway::GatewayConfig, BoxError> {
+    let mut resolve = std::collections::HashMap::<String, Vec<std::net::IpAddr>>::new();
+    for (name, ip) in &args.egress_resolve {
+        resolve.entry(name.clone()).or_default().push(*ip);
+    }
+    let extra_ca = match &args.egress_ca_file {
+        Some(path) => relay_gateway::read_pem_certificates(path)
+            .map_err(|e| format!("cannot use --egress-ca-file {}: {e}", path.display()))?,
+        None => Vec::new(),
+    };
+    Ok(relay_gateway::GatewayConfig {
+        dial: relay_gateway::DialConfig {
+            resolve,
+            connect_timeout: Duration::from_secs(args.egress_connect_timeout_secs),
+            proxy: args.egress_proxy.clone(),
+        },
+        extra_ca,
+        limits: relay_gateway::Limits::default(),
+    })
+}
+
+/// The sandbox forwarder: `--forwarder`, else `pi-relay-forward` beside this binary.
+fn forwarder(args: &ServeArgs) -> Result<PathBuf, BoxError> {
+    let path = match &args.forwarder {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()?.with_file_name("pi-relay-forward"),
+    };
+    if !path.is_file() {
+        return Err(format!(
+            "the sandbox forwarder {} does not exist: build it with `bash scripts/build-forwarder.sh` \
+             (scripts/up.sh does), or give its path with --forwarder",
+            path.display()
+        )
+        .into());
+    }
+    Ok(path)
+}
+
 /// Reads this relay's instance id, creating it on first start.
 fn instance_id(args: &ServeArgs, data_dir: &Path) -> Result<String, BoxError> {
     if let Some(id) = args.instance_id.as_deref().filter(|s| !s.is_empty()) {
@@ -243,9 +282,19 @@ impl Relay {
         };
         let cancel = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let sessions =
-            SessionService::new(store, sandbox, cfg, secrets, tasks.clone(), cancel.clone());
+        let gateway = relay_gateway::Gateway::new(gateway_config(args)?, cancel.clone())?;
+        let sessions = SessionService::new(
+            store,
+            sandbox,
+            cfg,
+            secrets,
+            gateway,
+            tasks.clone(),
+            cancel.clone(),
+        );
         sessions.ensure_default_environment().await?;
+        // The model providers the gateway serves, from the stored keys, before any session runs.
+        sessions.refresh_providers().await?;
         match sessions.warm_image(&args.sandbox_image).await {
             Ok(id) => tracing::info!(image = %args.sandbox_image, id = %id, "sandbox image ready"),
             Err(e) => {
@@ -398,6 +447,7 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), BoxError> {
         .init();
     let dirs = args.resolve()?;
     let storage = host_storage(&dirs)?;
+    let forwarder = forwarder(&args)?;
     let docker = relay_docker::DockerSandbox::connect(args.docker_host.as_deref(), storage)
         .await
         .map_err(|e| {
@@ -405,7 +455,8 @@ pub async fn serve(mut args: ServeArgs) -> Result<(), BoxError> {
                 "{e}\nIs the Docker engine running? `bash scripts/docker-up.sh` installs and \
                  starts one; DOCKER_HOST selects another endpoint."
             )
-        })?;
+        })?
+        .with_forwarder(forwarder);
     let relay = Relay::start(&args, &dirs, Arc::new(docker)).await?;
     signalled().await;
     tracing::info!("shutting down; sandboxes keep running");

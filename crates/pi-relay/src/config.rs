@@ -150,8 +150,30 @@ pub struct ServeArgs {
     pub docker_host: Option<String>,
     /// Network of sandboxes whose environment names none (bridge, none, host, or a network
     /// name).
-    #[arg(long, env = "PI_RELAY_SANDBOX_NETWORK", default_value = "bridge")]
+    #[arg(long, env = "PI_RELAY_SANDBOX_NETWORK", default_value = "none")]
     pub sandbox_network: relay_sandbox::Network,
+    /// The forwarder run in every sandbox that reaches the world through the relay (a static
+    /// build of crates/relay-forward) [default: pi-relay-forward beside the pi-relay binary]
+    #[arg(long, env = "PI_RELAY_FORWARDER")]
+    pub forwarder: Option<PathBuf>,
+    /// Extra CA certificates (PEM) trusted for the relay's own TLS connections to model
+    /// providers and other upstreams, besides the built-in roots and the host's.
+    #[arg(long, env = "PI_RELAY_EGRESS_CA_FILE")]
+    pub egress_ca_file: Option<PathBuf>,
+    /// Static name mappings for the relay's outbound connections, `host=address` (like
+    /// `curl --resolve`): used as given, and the only way a sandbox reaches a private or
+    /// loopback address. Repeat the flag, or separate with commas in the variable.
+    #[arg(long, env = "PI_RELAY_EGRESS_RESOLVE", value_delimiter = ',', value_parser = mapping)]
+    pub egress_resolve: Vec<(String, std::net::IpAddr)>,
+    /// HTTP proxy for the relay's own outbound connections, `http://[user:password@]host:port`,
+    /// for hosts that reach the internet only through one.
+    #[arg(long, env = "PI_RELAY_EGRESS_PROXY", hide_env_values = true)]
+    pub egress_proxy: Option<relay_gateway::UpstreamProxy>,
+    /// Seconds the relay gives resolving and connecting to an upstream (a CONNECT that takes
+    /// longer is answered 504).
+    #[arg(long, env = "PI_RELAY_EGRESS_CONNECT_TIMEOUT_SECS", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub egress_connect_timeout_secs: u64,
     /// uid sandboxes run as when the relay runs as root (otherwise the relay's own uid).
     #[arg(long, env = "PI_RELAY_SANDBOX_UID", default_value_t = 1000)]
     pub sandbox_uid: u32,
@@ -247,6 +269,10 @@ fn xdg(var: &str, fallback: &str) -> PathBuf {
 }
 
 /// A value kept as a secret from the moment it is parsed (never printed by `Debug`).
+fn mapping(s: &str) -> Result<(String, std::net::IpAddr), String> {
+    relay_gateway::dial::parse_mapping(s)
+}
+
 fn secret(s: &str) -> Result<SecretString, std::convert::Infallible> {
     Ok(SecretString::from(s))
 }

@@ -727,6 +727,15 @@ async fn needs_docker_an_idle_session_is_paused_and_resumes_with_nothing_lost() 
         relay_sandbox::SandboxStatus::Paused
     );
 
+    // From here on nothing may pause it again: a one-second timeout would race the checks below
+    // on a loaded machine (the setting replaces the configured timeout at the reaper's next pass).
+    let r = app
+        .put(
+            "/api/settings",
+            &json!({"key": "idle_policy", "value": {"defaultTimeoutSeconds": 3600, "graceAfterDisconnectSeconds": 0}}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
     let resumed = Instant::now();
     let r = app.activate(&id, "c").await;
     eprintln!("idle session resumed in {:?}", resumed.elapsed());

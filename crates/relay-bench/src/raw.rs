@@ -85,7 +85,7 @@ impl Raw {
             agent_template: None,
             activate_timeout: std::time::Duration::from_secs(60),
         };
-        let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone());
+        let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), false);
         spec.name = format!("pi-bench-{id}");
         spec
     }

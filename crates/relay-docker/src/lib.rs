@@ -417,7 +417,10 @@ impl Sandbox for DockerSandbox {
     }
 
     fn capabilities(&self) -> Capabilities {
-        CAPABILITIES
+        Capabilities {
+            egress: self.forwarder.is_some(),
+            ..CAPABILITIES
+        }
     }
 
     fn storage(&self) -> &dyn SessionStorage {

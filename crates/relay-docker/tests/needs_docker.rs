@@ -147,7 +147,8 @@ mod helpers {
                 agent_template: None,
                 activate_timeout: Duration::from_secs(60),
             };
-            let mut spec = relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone());
+            let mut spec =
+                relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone(), false);
             spec.command = command;
             within("prepare files", self.storage.prepare(&session, (UID, GID)))
                 .await

@@ -175,8 +175,13 @@ impl Fixture {
                     agent_template: None,
                     activate_timeout: TIMEOUT,
                 };
-                let mut spec =
-                    relay_session::sandbox_spec(&cfg, &run.session, "{}", self.image_id.clone());
+                let mut spec = relay_session::sandbox_spec(
+                    &cfg,
+                    &run.session,
+                    "{}",
+                    self.image_id.clone(),
+                    false,
+                );
                 spec.command = run.command.clone();
                 within("create", self.sandbox.create(&spec))
                     .await

@@ -173,6 +173,11 @@ impl fmt::Debug for ProviderRoute {
     }
 }
 
+/// Parses a header name (any case) for [`ProviderRoute::headers`].
+pub fn header_name(name: &str) -> Result<HeaderName, String> {
+    HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("{name:?} is not a header name"))
+}
+
 /// Every provider the gateway serves, by id.
 #[derive(Debug, Default)]
 pub struct Routes {

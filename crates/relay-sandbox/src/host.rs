@@ -12,6 +12,8 @@ use std::path::{Component, Path, PathBuf};
 use async_trait::async_trait;
 use secrecy::ExposeSecret;
 
+use bytes::Bytes;
+
 use crate::{AgentFile, SandboxError, SecretFile, SessionStorage, StoredSession};
 
 /// Host paths of one session.
@@ -306,6 +308,26 @@ fn is_uuid(s: &str) -> bool {
             .all(|(g, n)| g.len() == n && g.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Checks that `name` names a file at the top of a directory.
+fn top_level_name(session: &str, name: &str) -> Result<String, SandboxError> {
+    let plain = !name.is_empty()
+        && name != "."
+        && name != ".."
+        && !name.contains('/')
+        && !name.contains('\0');
+    if plain {
+        Ok(name.to_owned())
+    } else {
+        Err(SandboxError::Storage {
+            session: session.to_owned(),
+            source: io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("{name:?} is not a file name"),
+            ),
+        })
+    }
+}
+
 fn remove_dir_if_exists(p: &Path) -> io::Result<()> {
     match std::fs::remove_dir_all(p) {
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -328,6 +350,78 @@ impl SessionStorage for HostStorage {
     ) -> Result<(), SandboxError> {
         self.blocking(session, move |s, l| s.seed_blocking(&l, user, &files))
             .await
+    }
+
+    async fn read_agent_file(
+        &self,
+        session: &str,
+        name: &str,
+        max: u64,
+    ) -> Result<Option<Bytes>, SandboxError> {
+        let name = top_level_name(session, name)?;
+        self.blocking(session, move |_, l| {
+            use std::io::Read;
+            let path = l.agent.join(&name);
+            let file = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
+                .open(&path);
+            let file = match file {
+                Ok(f) => f,
+                // Missing, or a link (ELOOP): nothing the relay reads.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ELOOP) =>
+                {
+                    return Ok(None);
+                }
+                Err(e) => return Err(e),
+            };
+            if !file.metadata()?.is_file() {
+                return Ok(None);
+            }
+            let mut out = Vec::new();
+            file.take(max + 1).read_to_end(&mut out)?;
+            if out.len() as u64 > max {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} is larger than {max} bytes", path.display()),
+                ));
+            }
+            Ok(Some(Bytes::from(out)))
+        })
+        .await
+    }
+
+    async fn replace_agent_file(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        name: &str,
+        content: Bytes,
+    ) -> Result<(), SandboxError> {
+        let name = top_level_name(session, name)?;
+        self.blocking(session, move |s, l| {
+            let tmp = l.agent.join(format!(".{name}.pi-relay.tmp"));
+            // `remove_file` removes a link itself; O_EXCL never follows one.
+            match std::fs::remove_file(&tmp) {
+                Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+            let mut out = std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&tmp)?;
+            out.write_all(&content)?;
+            if s.chown {
+                std::os::unix::fs::fchown(&out, Some(user.0), Some(user.1))?;
+            }
+            drop(out);
+            // Replaces the entry itself, whatever it was (a directory makes this fail).
+            std::fs::rename(&tmp, l.agent.join(&name))
+        })
+        .await
     }
 
     async fn write_secrets(
@@ -491,6 +585,58 @@ mod tests {
                 .file_type()
                 .is_symlink()
         );
+    }
+
+    #[tokio::test]
+    async fn agent_files_are_read_and_replaced_without_following_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = storage(dir.path());
+        let l = s.layout(ID);
+        s.prepare(ID, USER).await.unwrap();
+        let read = |name: &'static str| s.read_agent_file(ID, name, 64);
+        assert_eq!(read("models.json").await.unwrap(), None);
+        s.replace_agent_file(ID, USER, "models.json", Bytes::from("{}"))
+            .await
+            .unwrap();
+        assert_eq!(read("models.json").await.unwrap().unwrap(), "{}");
+        assert!(read("models.json").await.is_ok());
+        std::fs::write(l.agent.join("big"), vec![b'x'; 65]).unwrap();
+        assert!(read("big").await.is_err(), "larger than the bound");
+
+        // The agent replaced the file with a link to something of the host's.
+        let secret = dir.path().join("host-secret");
+        std::fs::write(&secret, "host").unwrap();
+        std::fs::remove_file(l.agent.join("models.json")).unwrap();
+        std::os::unix::fs::symlink(&secret, l.agent.join("models.json")).unwrap();
+        assert_eq!(
+            read("models.json").await.unwrap(),
+            None,
+            "a link is not read"
+        );
+        s.replace_agent_file(ID, USER, "models.json", Bytes::from("new"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host");
+        assert_eq!(
+            std::fs::read_to_string(l.agent.join("models.json")).unwrap(),
+            "new"
+        );
+        // A planted link at the temporary name is no way out either.
+        std::os::unix::fs::symlink(&secret, l.agent.join(".models.json.pi-relay.tmp")).unwrap();
+        s.replace_agent_file(ID, USER, "models.json", Bytes::from("again"))
+            .await
+            .unwrap();
+        assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host");
+
+        for bad in ["", "..", "a/b", "../x"] {
+            assert!(s.read_agent_file(ID, bad, 1).await.is_err(), "{bad:?}");
+            assert!(
+                s.replace_agent_file(ID, USER, bad, Bytes::new())
+                    .await
+                    .is_err(),
+                "{bad:?}"
+            );
+        }
     }
 
     #[tokio::test]

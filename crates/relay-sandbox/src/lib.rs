@@ -399,6 +399,25 @@ pub trait SessionStorage: Send + Sync + fmt::Debug {
         user: (u32, u32),
         files: Vec<AgentFile>,
     ) -> Result<(), SandboxError>;
+    /// A file at the top of the agent directory (`models.json`), at most `max` bytes; `None`
+    /// when there is none, or when the entry is not a regular file (a link is never followed:
+    /// the directory is the sandbox's).
+    async fn read_agent_file(
+        &self,
+        session: &str,
+        name: &str,
+        max: u64,
+    ) -> Result<Option<Bytes>, SandboxError>;
+    /// Replaces a file at the top of the agent directory with `content`, owned by `user`,
+    /// whatever entry had the name (a link is replaced, never followed). Only while no sandbox
+    /// of the session runs.
+    async fn replace_agent_file(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        name: &str,
+        content: Bytes,
+    ) -> Result<(), SandboxError>;
     /// Makes the secrets hold exactly `files`, readable only by `user`. A sandbox starting
     /// meanwhile never reads half a value.
     async fn write_secrets(

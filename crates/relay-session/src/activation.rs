@@ -9,6 +9,7 @@ use relay_model::SessionStatus;
 use relay_sandbox::{OutputHistory, SandboxError, SandboxId, SandboxStatus};
 
 use crate::service::Inner;
+use crate::spec::EnvConfig;
 use crate::{Activation, ConnectRefused, SessionError, SessionService};
 
 /// How a resume ended.
@@ -98,13 +99,16 @@ impl SessionService {
         let lock = inner.lock(id);
         let guard = lock.lock().await;
         // Looked at again under the lock: the reaper may have suspended it meanwhile.
-        let status = inner.row(id).await?.status;
+        let row = inner.row(id).await?;
+        let status = row.status;
         if !matches!(status, SessionStatus::Active | SessionStatus::Idle) {
             return Err(SessionError::Changed);
         }
         // Fresh secrets for a sandbox that starts now, and for the next start of one that
         // runs (its entrypoint read them when it started).
         inner.deliver_secrets(id).await?;
+        let env = EnvConfig::parse(&inner.environment_of(&row).await?.config);
+        inner.open_gateway(id, &env)?;
         let info = match inner.sandbox.inspect(cid).await {
             Ok(info) => info,
             Err(SandboxError::NotFound(_)) => {
@@ -135,6 +139,8 @@ impl SessionService {
                     .map_err(sandbox_unavailable)?;
             }
             ResumePlan::Start => {
+                // Nothing of the sandbox runs: pi's model settings can be brought up to date.
+                inner.prepare_egress(id, &env).await?;
                 // `--session-id` makes the restarted pi continue the same conversation.
                 inner
                     .ensure_attached(id, cid, true)

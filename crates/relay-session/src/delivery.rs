@@ -31,9 +31,12 @@ impl SessionService {
     }
 
     /// Brings the secrets of all sessions that may start a sandbox up to date (also at startup:
-    /// secrets may have been deleted with `pi-relay secrets forget` while the relay was down).
-    /// Failures are logged.
+    /// secrets may have been deleted with `pi-relay secrets forget` while the relay was down),
+    /// and the providers the gateway serves with their keys. Failures are logged.
     pub async fn refresh_secret_files(&self) {
+        if let Err(e) = self.refresh_providers().await {
+            tracing::warn!(error = %e, "cannot refresh the gateway's providers");
+        }
         let inner = &self.inner;
         let rows = match inner.store.sessions(None).await {
             Ok(r) => r,

@@ -7,7 +7,9 @@
 mod activation;
 pub mod crypto;
 mod delivery;
+pub mod egress;
 pub mod environments;
+mod gateway;
 mod lifecycle;
 mod observer;
 mod provision;
@@ -24,6 +26,8 @@ pub mod vault;
 
 use std::path::PathBuf;
 
+pub use relay_gateway::usage::{HostUsage, ProviderUsage, UsageReport, Verdict};
+pub use relay_gateway::{EgressMode, EgressPolicy, Gateway};
 pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
 pub use relay_model::{IllegalTransition, Mode, SessionStatus};
 pub use relay_sandbox::{SandboxError, SandboxStatus};
@@ -187,6 +191,21 @@ pub enum SandboxState {
     Gone,
     /// The runtime does not answer.
     Unreachable,
+}
+
+/// What a session's sandbox may reach and what it did through the egress gateway.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EgressView {
+    /// Whether its sandbox reaches the world through the gateway (not on the host's network).
+    pub gateway: bool,
+    /// Its sandbox's network.
+    pub network: String,
+    /// Its CONNECT policy.
+    pub policy: EgressPolicy,
+    /// The model providers the gateway serves it.
+    pub providers: Vec<String>,
+    /// What it did since the relay started.
+    pub usage: UsageReport,
 }
 
 /// Errors of the session layer.

@@ -95,18 +95,7 @@ impl SessionService {
         if row.sandbox_provider.is_none() {
             return Err(SessionError::NotRestartable);
         }
-        let env = match &row.environment_id {
-            Some(e) => inner.store.environment(e).await?,
-            None => None,
-        };
-        let env = match env {
-            Some(e) => e,
-            None => inner
-                .store
-                .default_environment()
-                .await?
-                .ok_or(SessionError::NoDefaultEnvironment)?,
-        };
+        let env = inner.environment_of(&row).await?;
         inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
         // Provisioning holds the lock until it ends: a session still in creating was left there
         // by a relay that stopped, and is simply provisioned again.
@@ -214,6 +203,7 @@ impl SessionService {
         }
         inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
         inner.hubs.remove(id, 4004, "Session archived").await;
+        inner.gateway.close(id);
         inner.sandbox.storage().remove_secrets(id).await?;
         inner
             .transition(id, row.status, SessionStatus::Archived, None)
@@ -229,6 +219,7 @@ impl SessionService {
         let row = inner.row(id).await?;
         inner.teardown(id, row.sandbox_provider_id.as_deref()).await;
         inner.hubs.remove(id, 4004, "Session not found").await;
+        inner.gateway.forget(id);
         inner.store.delete_session(id).await?;
         inner.changed();
         inner.sandbox.storage().remove(id).await?;

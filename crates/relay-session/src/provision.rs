@@ -58,13 +58,15 @@ async fn try_provision(
             let files = read_template(template).await?;
             storage.seed_agent_files(id, user, files).await?;
         }
+        inner.prepare_egress(id, &env_cfg).await?;
         inner.deliver_secrets(id).await
     };
     // Independent, and both on the way to a running sandbox the client waits for.
     let (files, image_id) = tokio::join!(files, inner.image_id(&image));
     files?;
     let image_id = image_id?;
-    let spec = crate::spec::spec_for(&inner.cfg, id, &env_cfg, image_id);
+    let egress = inner.sandbox.capabilities().egress;
+    let spec = crate::spec::spec_for(&inner.cfg, id, &env_cfg, image_id, egress);
     let cid = match inner.sandbox.create(&spec).await {
         Ok(cid) => cid,
         Err(SandboxError::Conflict(_)) => {
@@ -144,9 +146,14 @@ fn collect(root: &Path, relative: &Path, out: &mut Vec<AgentFile>) -> std::io::R
 
 impl Inner {
     /// Gives the session's sandbox the secrets meant for sandboxes (and takes away those deleted
-    /// or disabled since). Called before every sandbox start, with the session locked.
+    /// or disabled since). Called before every sandbox start, with the session locked. Model
+    /// keys go in only when the sandbox has no gateway to add them (the host's network, or a
+    /// provider that cannot run the forwarder): there pi calls its providers itself.
     pub(crate) async fn deliver_secrets(&self, id: &str) -> Result<(), SessionError> {
-        let files = self.secrets.sandbox_files().await?;
+        let row = self.row(id).await?;
+        let env = EnvConfig::parse(&self.environment_of(&row).await?.config);
+        let direct = !self.egress_for(&env);
+        let files = self.secrets.sandbox_files(direct).await?;
         self.sandbox
             .storage()
             .write_secrets(id, self.cfg.sandbox_user, files)

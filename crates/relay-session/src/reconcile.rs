@@ -13,6 +13,7 @@ use relay_sandbox::{
 use relay_store::{SessionRow, SessionSandbox};
 
 use crate::service::Inner;
+use crate::spec::EnvConfig;
 use crate::{SessionError, SessionService};
 
 /// Whether a live session owns the sandbox `info` (the session it is labelled with records it).
@@ -52,6 +53,20 @@ impl SessionService {
             inner.purge_events_later(&id);
         }
         for row in &inner.store.sessions(None).await? {
+            if matches!(
+                row.status,
+                SessionStatus::Creating | SessionStatus::Active | SessionStatus::Idle
+            ) {
+                // A sandbox that runs reaches the world through this relay from now on (its
+                // forwarder connects anew for each connection): serve its socket first.
+                let opened = match inner.environment_of(row).await {
+                    Ok(env) => inner.open_gateway(&row.id, &EnvConfig::parse(&env.config)),
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = opened {
+                    tracing::warn!(session = %row.id, error = %e, "cannot serve the egress socket");
+                }
+            }
             match row.status {
                 SessionStatus::Creating => inner.finish_interrupted_create(row).await?,
                 SessionStatus::Active | SessionStatus::Idle => {

@@ -2,12 +2,15 @@
 //! of them reach sandboxes.
 //!
 //! Values are sealed by the [`Vault`] before they reach the store and are never returned to
-//! clients. A secret reaches a sandbox as a file named by its lower-case variable name (see
-//! `relay_sandbox::SessionStorage::write_secrets`); the image's entrypoint exports it
-//! upper-cased. Only enabled secrets of kind `ai_provider` or `env_var` go there: never
-//! `sandbox_provider` secrets (credentials of sandbox providers) nor the variables the relay
-//! keeps for itself ([`RELAY_ONLY`]), which the pi-apps relay handed to every sandbox.
+//! clients. An enabled `env_var` secret reaches a sandbox as a file named by its lower-case
+//! variable name (see `relay_sandbox::SessionStorage::write_secrets`); the image's entrypoint
+//! exports it upper-cased. An `ai_provider` secret never enters a sandbox: it is a model
+//! provider's key, which the relay's egress gateway adds to the sandbox's model requests
+//! ([`SecretService::provider_keys`], `crate::egress`). Never `sandbox_provider` secrets
+//! (credentials of sandbox providers) nor the variables the relay keeps for itself
+//! ([`RELAY_ONLY`]) either, which the pi-apps relay handed to every sandbox.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use relay_store::{SecretPatch, SecretRow, SecretWrite, Store};
@@ -61,7 +64,7 @@ pub const RELAY_ONLY: &[&str] = &["GITHUB_APP_PRIVATE_KEY", "GITHUB_APP_WEBHOOK_
 /// What a secret is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SecretKind {
-    /// A model provider's API key (reaches sandboxes).
+    /// A model provider's API key (the gateway's: never in a sandbox).
     AiProvider,
     /// Any other variable for pi or its extensions (reaches sandboxes).
     EnvVar,
@@ -89,9 +92,10 @@ impl SecretKind {
         }
     }
 
-    /// Whether secrets of this kind are given to sandboxes.
+    /// Whether secrets of this kind are given to sandboxes (as files their entrypoint
+    /// exports).
     pub fn reaches_sandboxes(self) -> bool {
-        matches!(self, SecretKind::AiProvider | SecretKind::EnvVar)
+        matches!(self, SecretKind::EnvVar)
     }
 }
 
@@ -410,15 +414,18 @@ impl SecretService {
     }
 
     /// The files a sandbox's secrets directory holds now: enabled secrets of the kinds that
-    /// reach sandboxes, minus the relay's own, named by the lower-case variable name.
-    pub async fn sandbox_files(&self) -> Result<Vec<SecretFile>, SessionError> {
+    /// reach sandboxes (and the model keys, `with_provider_keys`, for a sandbox without the
+    /// gateway), minus the relay's own, named by the lower-case variable name.
+    pub async fn sandbox_files(
+        &self,
+        with_provider_keys: bool,
+    ) -> Result<Vec<SecretFile>, SessionError> {
         let mut out = Vec::new();
         for row in self.store.secrets().await? {
-            let reaches = SecretKind::parse(&row.kind).is_some_and(SecretKind::reaches_sandboxes);
-            let relay_only = RELAY_ONLY
-                .iter()
-                .any(|r| r.eq_ignore_ascii_case(&row.env_var));
-            if !row.enabled || !reaches || relay_only {
+            let kind = |k: SecretKind| {
+                k.reaches_sandboxes() || (with_provider_keys && k == SecretKind::AiProvider)
+            };
+            if !usable(&row, kind) {
                 continue;
             }
             out.push(SecretFile {
@@ -428,6 +435,27 @@ impl SecretService {
         }
         Ok(out)
     }
+
+    /// The model providers' keys the gateway adds to sandboxes' requests: enabled
+    /// `ai_provider` secrets, minus the relay's own, by variable.
+    pub async fn provider_keys(&self) -> Result<HashMap<String, SecretString>, SessionError> {
+        let mut out = HashMap::new();
+        for row in self.store.secrets().await? {
+            if usable(&row, |k| k == SecretKind::AiProvider) {
+                let value = self.vault.open_secret(&row.id, &row.sealed)?;
+                out.insert(row.env_var.clone(), value);
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Whether `row` is enabled, of a kind `kind` accepts, and not one of the relay's own.
+fn usable(row: &SecretRow, kind: impl Fn(SecretKind) -> bool) -> bool {
+    let relay_only = RELAY_ONLY
+        .iter()
+        .any(|r| r.eq_ignore_ascii_case(&row.env_var));
+    row.enabled && SecretKind::parse(&row.kind).is_some_and(kind) && !relay_only
 }
 
 #[cfg(test)]
@@ -524,8 +552,8 @@ mod tests {
     }
 
     #[test]
-    fn only_model_keys_and_user_variables_reach_sandboxes() {
-        assert!(SecretKind::AiProvider.reaches_sandboxes());
+    fn only_user_variables_reach_sandboxes() {
+        assert!(!SecretKind::AiProvider.reaches_sandboxes());
         assert!(SecretKind::EnvVar.reaches_sandboxes());
         assert!(!SecretKind::SandboxProvider.reaches_sandboxes());
         for k in ["ai_provider", "env_var", "sandbox_provider"] {

@@ -42,8 +42,10 @@ pub(crate) struct Inner {
     pub(crate) sandbox: Arc<dyn Sandbox>,
     pub(crate) hubs: Arc<Hubs>,
     pub(crate) cfg: SessionConfig,
-    /// What sandboxes receive in their secrets directory.
+    /// What sandboxes receive in their secrets directory, and the providers' keys.
     pub(crate) secrets: SecretService,
+    /// The egress gateway sandboxes reach the world through.
+    pub(crate) gateway: relay_gateway::Gateway,
     /// Bumped on every status change, so activate can wait without polling.
     changes: watch::Sender<u64>,
     /// One lifecycle operation per session at a time.
@@ -55,14 +57,15 @@ pub(crate) struct Inner {
 }
 
 impl SessionService {
-    /// A service over `store` and `sandbox`, giving sandboxes the secrets of `secrets`.
-    /// Background work (provisioning, hub readers, deletions) runs on `tasks` and stops with
-    /// `cancel`.
+    /// A service over `store` and `sandbox`, giving sandboxes the secrets of `secrets` and the
+    /// world through `gateway`. Background work (provisioning, hub readers, deletions) runs on
+    /// `tasks` and stops with `cancel`.
     pub fn new(
         store: Store,
         sandbox: Arc<dyn Sandbox>,
         cfg: SessionConfig,
         secrets: SecretService,
+        gateway: relay_gateway::Gateway,
         tasks: TaskTracker,
         cancel: CancellationToken,
     ) -> SessionService {
@@ -82,6 +85,7 @@ impl SessionService {
             hubs,
             cfg,
             secrets,
+            gateway,
             changes: watch::channel(0).0,
             locks: Mutex::default(),
             images: Mutex::default(),
@@ -110,6 +114,11 @@ impl SessionService {
     /// The secrets service whose secrets sandboxes receive.
     pub fn secrets(&self) -> &SecretService {
         &self.inner.secrets
+    }
+
+    /// The egress gateway.
+    pub fn gateway(&self) -> &relay_gateway::Gateway {
+        &self.inner.gateway
     }
 
     /// The configuration.

@@ -112,6 +112,11 @@ async fn a_huge_first_prompt_does_not_grow_every_session_list() {
     let (mut ws, _) = app.connect(&id, "c", 0).await;
     let huge = "é".repeat(3 * 1024 * 1024);
     prompt(&mut ws, "p", &huge).await;
+    // Recorded by the session's observer, after the prompt went to pi.
+    eventually(|| async {
+        app.get("/api/sessions").await.body["data"][0]["firstUserMessage"].is_string()
+    })
+    .await;
     let r = app.get("/api/sessions").await;
     let first = r.body["data"][0]["firstUserMessage"].as_str().unwrap();
     assert_eq!(

@@ -345,7 +345,10 @@ async fn update_changes_what_it_is_given_and_validates_like_create() {
     assert_eq!(after["createdAt"], before["createdAt"]);
     assert_ne!(after["updatedAt"], before["updatedAt"]);
     let session = app.active_session().await;
-    assert_eq!(secret_files(&app, &session), files(&[("my_token", "v2")]));
+    assert!(
+        secret_files(&app, &session).is_empty(),
+        "a model key (kind ai_provider) stays with the relay"
+    );
     app.shutdown().await;
 }
 
@@ -405,11 +408,9 @@ async fn sandboxes_get_enabled_model_keys_and_variables_but_never_relay_or_provi
     let id = app.active_session().await;
     assert_eq!(
         secret_files(&app, &id),
-        files(&[
-            ("my_token", "  spaced value\n"),
-            ("openai_api_key", "sk-openai")
-        ]),
-        "values are delivered exactly; the entrypoint exports MY_TOKEN and OPENAI_API_KEY"
+        files(&[("my_token", "  spaced value\n")]),
+        "values are delivered exactly (the entrypoint exports MY_TOKEN); the model key stays \
+         with the relay, whose gateway adds it to the sandbox's model requests"
     );
     let dir = app.state_dir().join(format!("pi-secrets-{id}"));
     assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
@@ -430,6 +431,30 @@ async fn sandboxes_get_enabled_model_keys_and_variables_but_never_relay_or_provi
     ] {
         assert!(!spec.contains(v), "{v} in the sandbox spec");
     }
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_sandbox_on_the_host_network_calls_its_providers_itself_with_the_key() {
+    // No gateway there (a forwarder on the host's loopback would serve every session at once).
+    let app = spawn_app_with(&["--sandbox-network", "host"]).await;
+    for (env_var, kind) in [("OPENAI_API_KEY", "ai_provider"), ("MY_VAR", "env_var")] {
+        add(
+            &app,
+            json!({"name": env_var, "envVar": env_var, "kind": kind, "value": "v"}),
+        )
+        .await;
+    }
+    let id = app.active_session().await;
+    assert_eq!(
+        secret_files(&app, &id),
+        files(&[("my_var", "v"), ("openai_api_key", "v")])
+    );
+    let spec = format!("{:?}", app.fake.created_specs());
+    assert!(
+        !spec.contains("HTTPS_PROXY"),
+        "no gateway, no proxy: {spec}"
+    );
     app.shutdown().await;
 }
 

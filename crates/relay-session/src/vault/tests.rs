@@ -45,7 +45,7 @@ impl Fixture {
 
     async fn values(&self, vault: Vault) -> Vec<(String, String)> {
         SecretService::new(self.store.clone(), vault)
-            .sandbox_files()
+            .sandbox_files(true)
             .await
             .unwrap()
             .into_iter()
