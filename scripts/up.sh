@@ -6,9 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# A Docker engine started here gets its normal default bridge network, which sandboxes use
-# (PI_RELAY_SANDBOX_NETWORK, default `bridge`) to reach model providers.
-export PI_RELAY_DOCKERD_FLAGS="${PI_RELAY_DOCKERD_FLAGS-}"
+# Sandboxes have no network of their own (PI_RELAY_SANDBOX_NETWORK, default `none`): they reach
+# model providers, and the hosts their environment allows, only through the relay's egress
+# gateway. So a Docker engine started here needs no bridge or NAT (docker-up.sh's defaults),
+# which many hosts cannot create anyway.
 bash scripts/docker-up.sh
 bash images/sandbox-debian/build.sh
 cargo build --release --locked -p pi-relay

@@ -4,6 +4,7 @@
 //! settings services, and shape the answer.
 
 mod admission;
+mod egress;
 mod envelope;
 mod environments;
 mod error;
@@ -67,6 +68,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api", get(api_index))
         .route("/ws/sessions/{id}", get(ws::upgrade))
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
+        .merge(egress::router())
         .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))
@@ -94,6 +96,7 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
             "health": "GET /health",
             "sessions": "GET /api/sessions",
             "session": "GET /api/sessions/:id",
+            "egress": "GET /api/sessions/:id/egress",
             "githubToken": "GET|POST|DELETE /api/github/token",
             "githubRepos": "GET /api/github/repos",
             "settings": "GET|PUT /api/settings",

@@ -177,6 +177,34 @@ pub fn normalize_config(config: &Value) -> Result<Value, SessionError> {
             ));
         }
     }
+    match obj.get("egressPolicy") {
+        None | Some(Value::Null) => {
+            out.remove("egressPolicy");
+        }
+        Some(Value::String(s)) => {
+            s.parse::<relay_gateway::EgressMode>()
+                .map_err(|e| invalid(format!("config.egressPolicy: {e}")))?;
+        }
+        Some(_) => {
+            return Err(invalid(
+                "config.egressPolicy must be \"deny\", \"allowlist\" or \"open\"",
+            ));
+        }
+    }
+    match obj.get("egressAllow") {
+        None | Some(Value::Null) => {
+            out.remove("egressAllow");
+        }
+        Some(Value::Array(items)) => {
+            out.insert("egressAllow".into(), normalize_allow(items)?);
+        }
+        Some(_) => {
+            return Err(invalid(
+                "config.egressAllow must be an array of host names (`example.com`, \
+                 `*.example.com`, optionally with `:port`)",
+            ));
+        }
+    }
     match obj.get("envVars") {
         None | Some(Value::Null) => {
             out.remove("envVars");
@@ -187,6 +215,31 @@ pub fn normalize_config(config: &Value) -> Result<Value, SessionError> {
         Some(_) => return Err(invalid("config.envVars must be an array")),
     }
     Ok(Value::Object(out))
+}
+
+/// Most hosts an environment's allowlist names.
+const MAX_ALLOW: usize = 256;
+
+/// An allowlist's patterns, checked, lower-cased and without duplicates.
+fn normalize_allow(items: &[Value]) -> Result<Value, SessionError> {
+    if items.len() > MAX_ALLOW {
+        return Err(invalid(format!(
+            "config.egressAllow names at most {MAX_ALLOW} hosts"
+        )));
+    }
+    let mut out: Vec<Value> = Vec::new();
+    for item in items {
+        let Some(raw) = item.as_str() else {
+            return Err(invalid("config.egressAllow must be an array of strings"));
+        };
+        raw.parse::<relay_gateway::HostPattern>()
+            .map_err(|e| invalid(format!("config.egressAllow: {e}")))?;
+        let normal = Value::String(raw.trim().to_ascii_lowercase());
+        if !out.contains(&normal) {
+            out.push(normal);
+        }
+    }
+    Ok(Value::Array(out))
 }
 
 fn normalize_env_vars(items: &[Value]) -> Result<Vec<Value>, SessionError> {
@@ -501,6 +554,34 @@ mod tests {
         );
         assert!(env(json!([{"key": "HOME", "value": "/x"}])).contains("reserved"));
         assert!(env(json!(["A=1"])).contains("{key, value}"));
+    }
+
+    #[test]
+    fn egress_settings_are_checked_and_the_allowlist_normalized() {
+        let c = normalize_config(&json!({
+            "egressPolicy": "allowlist",
+            "egressAllow": ["GitHub.com", "*.npmjs.org:443", "github.com"],
+        }))
+        .unwrap();
+        assert_eq!(c["egressAllow"], json!(["github.com", "*.npmjs.org:443"]));
+        assert_eq!(
+            msg(json!({"egressPolicy": "everything"})),
+            "config.egressPolicy: egress policy must be deny, allowlist or open, not \"everything\""
+        );
+        assert!(msg(json!({"egressPolicy": true})).contains("\"deny\", \"allowlist\" or \"open\""));
+        assert!(msg(json!({"egressAllow": "github.com"})).contains("must be an array"));
+        assert!(msg(json!({"egressAllow": [1]})).contains("array of strings"));
+        for bad in ["https://github.com", "10.0.0.1", "a.*.com", "x.com:0"] {
+            assert!(
+                msg(json!({"egressAllow": [bad]})).starts_with("config.egressAllow: "),
+                "{bad}"
+            );
+        }
+        let many: Vec<String> = (0..=MAX_ALLOW).map(|i| format!("h{i}.example")).collect();
+        assert!(msg(json!({"egressAllow": many})).contains("at most 256"));
+        assert!(
+            msg(json!({"envVars": [{"key": "HTTPS_PROXY", "value": "x"}]})).contains("reserved")
+        );
     }
 
     #[test]

@@ -32,7 +32,8 @@ pub const MAX_NAME_CHARS: usize = 200;
 pub const MAX_ENV_VAR_CHARS: usize = 128;
 
 /// Variables a sandbox needs with its own values; a secret may not replace them (the sandbox
-/// images' entrypoint skips them too), nor any `LD_*` variable.
+/// images' entrypoint skips them too, but for the proxy variables, which the relay sets to its
+/// egress gateway), nor any `LD_*` variable.
 pub const RESERVED: &[&str] = &[
     "PATH",
     "HOME",
@@ -48,6 +49,11 @@ pub const RESERVED: &[&str] = &[
     "PI_SECRETS_DIR",
     "PI_CODING_AGENT_DIR",
     "PI_SESSION_ID",
+    "HTTPS_PROXY",
+    "HTTP_PROXY",
+    "ALL_PROXY",
+    "NO_PROXY",
+    "NODE_USE_ENV_PROXY",
 ];
 
 /// Whether `name` (in any case) is a variable a sandbox needs with its own value: one of

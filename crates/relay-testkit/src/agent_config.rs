@@ -20,19 +20,33 @@ pub const MODEL_ID: &str = "mock-model";
 /// caller: pi in a sandbox container runs as its own uid and also writes `auth.json`,
 /// `models-store.json` and `sessions/` here.
 pub fn write_pi_agent_config(agent_dir: &Path, base_url: &str) -> io::Result<()> {
+    write_pi_agent_config_with_key(agent_dir, base_url, "mock-key")
+}
+
+/// As [`write_pi_agent_config`], with `api_key` as the provider's `apiKey`: a literal, or
+/// `$NAME` for pi to read the variable `NAME` (how an agent template names a key the relay's
+/// egress gateway holds).
+pub fn write_pi_agent_config_with_key(
+    agent_dir: &Path,
+    base_url: &str,
+    api_key: &str,
+) -> io::Result<()> {
     std::fs::create_dir_all(agent_dir)?;
-    write_json(&agent_dir.join("models.json"), &models_json(base_url))?;
+    write_json(
+        &agent_dir.join("models.json"),
+        &models_json(base_url, api_key),
+    )?;
     write_json(&agent_dir.join("settings.json"), &settings_json())
 }
 
-fn models_json(base_url: &str) -> Value {
+fn models_json(base_url: &str, api_key: &str) -> Value {
     json!({
         "providers": {
             PROVIDER_ID: {
                 "baseUrl": base_url,
                 "api": "openai-completions",
                 // A dummy key is enough: pi only lists a model as available if its provider has auth.
-                "apiKey": "mock-key",
+                "apiKey": api_key,
                 // The mock ignores these fields, but they keep pi from sending the `developer` role,
                 // `reasoning_effort` and `store`, as in the tested recipe (pi-rpc.md §4.1).
                 "compat": {

@@ -31,6 +31,8 @@ const INVALID: &str = "invalid_request_error";
 pub(crate) struct Shared {
     script: Script,
     requests: Mutex<Vec<Value>>,
+    /// The `Authorization` header of each recorded request, in the same order.
+    authorizations: Mutex<Vec<Option<String>>>,
     /// Cancelled when the mock is dropped; a request still waiting for its body gives up then.
     shutdown: CancellationToken,
 }
@@ -41,6 +43,7 @@ impl Shared {
         Shared {
             script,
             requests: Mutex::new(Vec::new()),
+            authorizations: Mutex::new(Vec::new()),
             shutdown,
         }
     }
@@ -49,6 +52,13 @@ impl Shared {
     /// the only mutation), so a poisoned lock is still safe to use.
     pub(crate) fn requests(&self) -> MutexGuard<'_, Vec<Value>> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The `Authorization` headers of the recorded requests (poisoning as for `requests`).
+    pub(crate) fn authorizations(&self) -> MutexGuard<'_, Vec<Option<String>>> {
+        self.authorizations
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -85,6 +95,11 @@ pub(crate) async fn answer(State(shared): State<Arc<Shared>>, request: Request) 
         .unwrap_or(crate::MODEL_ID)
         .to_owned();
     // Record before answering, so a test that has seen the response also sees the request.
+    let authorization = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
+    shared.authorizations().push(authorization);
     shared.requests().push(request);
     stream(turn, &shared.script, &model)
 }

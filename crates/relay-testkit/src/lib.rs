@@ -37,7 +37,9 @@ mod handler;
 mod server;
 mod teardown;
 
-pub use agent_config::{MODEL_ID, PROVIDER_ID, write_pi_agent_config};
+pub use agent_config::{
+    MODEL_ID, PROVIDER_ID, write_pi_agent_config, write_pi_agent_config_with_key,
+};
 pub use completion::Script;
 pub use server::MockLlm;
 pub use teardown::block_on_own_thread;

@@ -75,6 +75,12 @@ impl MockLlm {
     pub fn requests(&self) -> Vec<Value> {
         self.shared.requests().clone()
     }
+
+    /// The `Authorization` header each recorded request came with, in arrival order (`None`
+    /// for a request without one).
+    pub fn authorizations(&self) -> Vec<Option<String>> {
+        self.shared.authorizations().clone()
+    }
 }
 
 impl Drop for MockLlm {

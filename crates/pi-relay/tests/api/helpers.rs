@@ -78,6 +78,21 @@ pub(crate) async fn docker(
     relay_docker::DockerSandbox::connect(std::env::var("DOCKER_HOST").ok().as_deref(), storage)
         .await
         .expect("Docker engine must be running for these tests (bash scripts/docker-up.sh)")
+        .with_forwarder(forwarder())
+}
+
+/// The sandbox forwarder, where `pi-relay serve` looks for it: beside the relay's binary
+/// (`bash scripts/build-forwarder.sh` puts it there; scripts/test.sh runs that).
+#[allow(dead_code)]
+pub(crate) fn forwarder() -> std::path::PathBuf {
+    let path =
+        std::path::Path::new(env!("CARGO_BIN_EXE_pi-relay")).with_file_name("pi-relay-forward");
+    assert!(
+        path.is_file(),
+        "{} is missing: run `bash scripts/build-forwarder.sh` (scripts/test.sh does)",
+        path.display()
+    );
+    path
 }
 
 /// The engine, for tests that only look at or remove its sandboxes (no session files).

@@ -2,6 +2,7 @@
 //! fake sandbox provider running the fake pi (checked against real pi captures in its crate).
 
 mod connections;
+mod egress;
 mod environments;
 mod helpers;
 mod limits;
