@@ -6,6 +6,7 @@
 
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use axum::Json;
 use axum::body::Body;
@@ -33,6 +34,8 @@ pub(crate) struct Shared {
     requests: Mutex<Vec<Value>>,
     /// The `Authorization` header of each recorded request, in the same order.
     authorizations: Mutex<Vec<Option<String>>>,
+    /// Pause before each chunk of an answer.
+    chunk_delay: Mutex<Duration>,
     /// Cancelled when the mock is dropped; a request still waiting for its body gives up then.
     shutdown: CancellationToken,
 }
@@ -44,6 +47,7 @@ impl Shared {
             script,
             requests: Mutex::new(Vec::new()),
             authorizations: Mutex::new(Vec::new()),
+            chunk_delay: Mutex::new(Duration::ZERO),
             shutdown,
         }
     }
@@ -52,6 +56,21 @@ impl Shared {
     /// the only mutation), so a poisoned lock is still safe to use.
     pub(crate) fn requests(&self) -> MutexGuard<'_, Vec<Value>> {
         self.requests.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The pause before each chunk of the answers that start from now on.
+    pub(crate) fn set_chunk_delay(&self, delay: Duration) {
+        *self
+            .chunk_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = delay;
+    }
+
+    fn chunk_delay(&self) -> Duration {
+        *self
+            .chunk_delay
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The `Authorization` headers of the recorded requests (poisoning as for `requests`).
@@ -101,7 +120,7 @@ pub(crate) async fn answer(State(shared): State<Arc<Shared>>, request: Request) 
         .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned());
     shared.authorizations().push(authorization);
     shared.requests().push(request);
-    stream(turn, &shared.script, &model)
+    stream(turn, &shared.script, &model, shared.chunk_delay())
 }
 
 /// Reads the whole body, or answers why not.
@@ -162,11 +181,19 @@ fn error(status: StatusCode, kind: &str, message: String) -> Response {
 /// The completion for `turn` as server-sent events: one `data:` event per chunk, then
 /// `data: [DONE]`. Each event is its own frame of the response body, so hyper sends it as soon
 /// as it is produced.
-fn stream(turn: Turn, script: &Script, model: &str) -> Response {
+fn stream(turn: Turn, script: &Script, model: &str, delay: Duration) -> Response {
     let events = chunks(turn, script, model)
         .into_iter()
         .map(|chunk| chunk.to_string())
         .chain(["[DONE]".to_owned()])
         .map(|data| Ok::<_, Infallible>(Event::default().data(data)));
-    Sse::new(futures_util::stream::iter(events)).into_response()
+    if delay.is_zero() {
+        return Sse::new(futures_util::stream::iter(events)).into_response();
+    }
+    // Each chunk after a pause: a response still streaming when a test acts.
+    let slow = futures_util::stream::iter(events).then(move |event| async move {
+        tokio::time::sleep(delay).await;
+        event
+    });
+    Sse::new(slow).into_response()
 }

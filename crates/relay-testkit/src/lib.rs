@@ -30,12 +30,14 @@
 //!   the chunk JSON for each.
 //! - `agent_config`: [`write_pi_agent_config`].
 //! - `teardown`: [`block_on_own_thread`], for test guards that clean up from `Drop`.
+//! - `tls`: the throwaway CA and the TLS listener of [`MockLlm::start_tls`].
 
 mod agent_config;
 mod completion;
 mod handler;
 mod server;
 mod teardown;
+mod tls;
 
 pub use agent_config::{
     MODEL_ID, PROVIDER_ID, write_pi_agent_config, write_pi_agent_config_with_key,

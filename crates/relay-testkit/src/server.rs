@@ -23,6 +23,8 @@ pub struct MockLlm {
     addr: SocketAddr,
     shared: Arc<Shared>,
     shutdown: CancellationToken,
+    /// The CA certificate (PEM) of a mock serving HTTPS.
+    tls: Option<String>,
 }
 
 impl MockLlm {
@@ -41,14 +43,11 @@ impl MockLlm {
         });
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared::new(script, shutdown.clone()));
-        let app = Router::new()
-            .fallback(answer)
-            .with_state(Arc::clone(&shared));
         // Once cancelled, the server drops the listener, closes idle connections and lets the
         // others finish their response (a request still waiting for its body is answered at
         // once), then the task ends. Serving itself never fails, so its result says nothing.
-        let serve =
-            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let serve = axum::serve(listener, router(&shared))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tokio::spawn(async move {
             let _ = serve.await;
         });
@@ -56,7 +55,46 @@ impl MockLlm {
             addr,
             shared,
             shutdown,
+            tls: None,
         })
+    }
+
+    /// As [`start`](MockLlm::start), over HTTPS: the mock presents a certificate for `names`
+    /// signed by a CA made for it ([`ca_pem`](MockLlm::ca_pem)). A client reaches it by one of
+    /// those names mapped to `127.0.0.1` ([`https_url`](MockLlm::https_url)), the way a real
+    /// provider is reached, with the CA added to what it trusts.
+    pub async fn start_tls(script: Script, names: &[&str]) -> std::io::Result<MockLlm> {
+        let ca = crate::tls::test_ca(names)?;
+        let tcp = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = tcp.local_addr()?;
+        let listener = crate::tls::TlsListener {
+            tcp,
+            acceptor: ca.acceptor,
+        };
+        let shutdown = CancellationToken::new();
+        let shared = Arc::new(Shared::new(script, shutdown.clone()));
+        let serve = axum::serve(listener, router(&shared))
+            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        tokio::spawn(async move {
+            let _ = serve.await;
+        });
+        Ok(MockLlm {
+            addr,
+            shared,
+            shutdown,
+            tls: Some(ca.ca_pem),
+        })
+    }
+
+    /// The CA certificate (PEM) a mock started with [`start_tls`](MockLlm::start_tls) is
+    /// trusted by; `None` for a plain-HTTP mock.
+    pub fn ca_pem(&self) -> Option<&str> {
+        self.tls.as_deref()
+    }
+
+    /// `https://<name>:<port>/v1`: the `baseUrl` of a TLS mock reached as `name`.
+    pub fn https_url(&self, name: &str) -> String {
+        format!("https://{name}:{}/v1", self.addr.port())
     }
 
     /// The port the mock listens on.
@@ -76,11 +114,24 @@ impl MockLlm {
         self.shared.requests().clone()
     }
 
+    /// Pauses `delay` before each chunk of the answers that start from now on (zero: none), so
+    /// a test can act while a response is still streaming.
+    pub fn set_chunk_delay(&self, delay: std::time::Duration) {
+        self.shared.set_chunk_delay(delay);
+    }
+
     /// The `Authorization` header each recorded request came with, in arrival order (`None`
     /// for a request without one).
     pub fn authorizations(&self) -> Vec<Option<String>> {
         self.shared.authorizations().clone()
     }
+}
+
+/// The mock's routes: every request goes to [`answer`].
+fn router(shared: &Arc<Shared>) -> Router {
+    Router::new()
+        .fallback(answer)
+        .with_state(Arc::clone(shared))
 }
 
 impl Drop for MockLlm {

@@ -1,4 +1,5 @@
-//! The egress gateway as sessions get it, on the fake provider: `GET /api/sessions/:id/egress`,
+//! The egress gateway as sessions get it, on the fake provider (the model provider a mock over
+//! HTTPS on loopback, reached by a mapped name and trusted through the extra-CA option): `GET /api/sessions/:id/egress`,
 //! pi's `models.json` pointed at the gateway with a placeholder key, the proxy variables, model
 //! keys kept out of the sandbox, and the session's socket answering as a sandbox's forwarder
 //! would reach it (a model call gets the relay's key; a CONNECT outside the policy is refused and
@@ -36,20 +37,29 @@ async fn egress(app: &TestApp, id: &str) -> Value {
 
 #[tokio::test]
 async fn a_sandbox_reaches_its_model_through_the_gateway_with_the_relays_key_and_nothing_else() {
-    let llm = MockLlm::start(Script {
-        tool_command: "true".into(),
-        final_text: "hello from the mock".into(),
-    })
+    // A provider over HTTPS, reached by name: the relay trusts its CA and maps the name.
+    let llm = MockLlm::start_tls(
+        Script {
+            tool_command: "true".into(),
+            final_text: "hello from the mock".into(),
+        },
+        &["mock-llm.test"],
+    )
     .await
     .unwrap();
     let template = tempfile::tempdir().unwrap();
-    let base = format!("http://mock-llm.test:{}/v1", llm.port());
-    write_pi_agent_config_with_key(template.path(), &base, "$MOCK_LLM_KEY").unwrap();
+    let ca = template.path().join("ca.pem");
+    std::fs::write(&ca, llm.ca_pem().unwrap()).unwrap();
+    let dir = template.path().join("agent");
+    let base = llm.https_url("mock-llm.test");
+    write_pi_agent_config_with_key(&dir, &base, "$MOCK_LLM_KEY").unwrap();
     let app = spawn_app_with(&[
         "--agent-template-dir",
-        template.path().to_str().unwrap(),
+        dir.to_str().unwrap(),
         "--egress-resolve",
         "mock-llm.test=127.0.0.1",
+        "--egress-ca-file",
+        ca.to_str().unwrap(),
     ])
     .await;
     let key = "sk-mock-7d1f0c2e";
