@@ -298,7 +298,10 @@ async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_ke
     );
     let pid = info["State"]["Pid"].as_u64().unwrap() as u32;
     let tree = container_processes(pid);
-    assert!(tree.len() >= 3, "init, pi and the forwarder at least: {tree:?}");
+    assert!(
+        tree.len() >= 3,
+        "init, pi and the forwarder at least: {tree:?}"
+    );
     let mut forwarder_alive = false;
     let mut home = None;
     for p in &tree {
@@ -320,7 +323,9 @@ async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_ke
     // $HOME is a tmpfs inside the container: read through its root.
     let home_files = files_under(&PathBuf::from(format!("/proc/{pid}/root{home}")));
     assert!(
-        home_files.iter().any(|f| f.ends_with("env-seen-by-the-tool")),
+        home_files
+            .iter()
+            .any(|f| f.ends_with("env-seen-by-the-tool")),
         "the tool's file in {home}: {home_files:?}"
     );
     scanned.extend(home_files);
