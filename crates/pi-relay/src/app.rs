@@ -178,7 +178,13 @@ fn create_private_dir(dir: &Path) -> Result<(), BoxError> {
 }
 
 /// How the egress gateway reaches upstreams, from the flags.
-fn gateway_config(args: &ServeArgs) -> Result<relay_gateway::GatewayConfig, BoxError> {
+fn gateway_config(
+    args: &ServeArgs,
+    dirs: &Resolved,
+) -> Result<relay_gateway::GatewayConfig, BoxError> {
+    // The CA for hosts that get domain-bound secrets, kept beside the encryption key.
+    let authority = relay_gateway::Authority::load_or_create(&dirs.config_dir)
+        .map_err(|e| format!("cannot set up the egress CA: {}", error_chain(&e)))?;
     let mut resolve = std::collections::HashMap::<String, Vec<std::net::IpAddr>>::new();
     for (name, ip) in &args.egress_resolve {
         resolve.entry(name.clone()).or_default().push(*ip);
@@ -196,7 +202,20 @@ fn gateway_config(args: &ServeArgs) -> Result<relay_gateway::GatewayConfig, BoxE
         },
         extra_ca,
         limits: relay_gateway::Limits::default(),
+        authority: Some(Arc::new(authority)),
     })
+}
+
+/// An error and its causes, `: `-joined.
+fn error_chain(e: &dyn Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
 }
 
 /// The sandbox forwarder: `--forwarder`, else `pi-relay-forward` beside this binary.
@@ -271,6 +290,9 @@ impl Relay {
             EnvironmentService::new(store.clone(), sandbox.clone(), args.sandbox_image.clone());
         let settings = SettingsService::new(store.clone());
         warn_about_the_sandbox_uid(args);
+        let cancel = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let gateway = relay_gateway::Gateway::new(gateway_config(args, dirs)?, cancel.clone())?;
         let cfg = SessionConfig {
             default_image: args.sandbox_image.clone(),
             sandbox_user: sandbox_user(args),
@@ -279,10 +301,8 @@ impl Relay {
             hardened: !args.no_hardening,
             agent_template: args.agent_template_dir.clone(),
             activate_timeout: Duration::from_secs(args.activate_timeout_secs),
+            trust_env: gateway.trust_variables(relay_sandbox::EGRESS_DIR_PATH),
         };
-        let cancel = CancellationToken::new();
-        let tasks = TaskTracker::new();
-        let gateway = relay_gateway::Gateway::new(gateway_config(args)?, cancel.clone())?;
         let sessions = SessionService::new(
             store,
             sandbox,

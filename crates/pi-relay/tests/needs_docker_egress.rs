@@ -163,15 +163,22 @@ fn container_processes(init: u32) -> Vec<u32> {
 }
 
 /// What pi's tool does in the sandbox, each result in a file of the workspace: a file written,
-/// and the environment it sees kept in `$HOME` (scanned for the key later);
+/// and the environment it sees kept in `$HOME` (scanned for the key later); a request with a
+/// domain-bound secret (it holds a placeholder) to that domain, from Node;
 /// `git clone` of a host on no list; a tunnel through the gateway to the allowed echo server
 /// opened by hand; a direct connection past the gateway; the network interfaces; and attempts
 /// to kill and to replace the forwarder.
-fn tool_script(echo_port: u16) -> String {
+fn tool_script(echo_port: u16, secret_port: u16) -> String {
     format!(
         r#"cd /workspace
 echo hi > hello.txt
 env > "$HOME/env-seen-by-the-tool"
+printf %s "$MY_API_TOKEN" > token-seen.txt
+node -e 'fetch("https://api.secret.test:{secret_port}/v1/chat/completions", {{method: "POST",
+  headers: {{authorization: "Bearer " + process.env.MY_API_TOKEN, "content-type": "application/json"}},
+  body: JSON.stringify({{model: "m", messages: [{{role: "user", content: "hi"}}]}})}})
+  .then(r => r.text()).then(t => require("fs").writeFileSync("fetch.txt", t),
+    e => require("fs").writeFileSync("fetch.txt", "ERR " + e + " " + (e.cause || "")))'
 git clone https://github.com/pi-relay/nothing.git /tmp/nothing > clone.txt 2>&1; echo "exit=$?" >> clone.txt
 exec 3<>/dev/tcp/127.0.0.1/18080
 printf 'CONNECT allowed.test:{echo_port} HTTP/1.1\r\nHost: allowed.test:{echo_port}\r\n\r\n' >&3
@@ -195,13 +202,31 @@ true"#
 async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_keeps_the_key() {
     let fx = Fixture::new().await;
     let echo = echo_server().await;
-    let p = provider(fx.root.path(), tool_script(echo)).await;
+    // A service a secret is bound to, over HTTPS with a CA of its own (trusted by the relay).
+    let service = MockLlm::start_tls(
+        Script {
+            tool_command: "true".into(),
+            final_text: "service answer".into(),
+        },
+        &["api.secret.test"],
+    )
+    .await
+    .unwrap();
+    let p = provider(fx.root.path(), tool_script(echo, service.port())).await;
+    let cas = format!("{}{}", p.llm.ca_pem().unwrap(), service.ca_pem().unwrap());
+    std::fs::write(fx.root.path().join("mock-ca.pem"), cas).unwrap();
     let mut flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
     flags.extend(["--egress-resolve", "allowed.test=127.0.0.1"]);
+    flags.extend(["--egress-resolve", "api.secret.test=127.0.0.1"]);
     let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
     let app = relay.app.clone();
     let key = format!("sk-egress-{}", uuid::Uuid::new_v4().simple());
     add_key(&app, &key).await;
+    let token = format!("tok-{}", uuid::Uuid::new_v4().simple());
+    let body = json!({"name": "Service token", "envVar": "MY_API_TOKEN", "value": token,
+                      "domains": [format!("api.secret.test:{}", service.port())]});
+    let r = app.post("/api/secrets", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
     let body = json!({"name": "allow-echo", "sandboxType": "docker",
                       "config": {"egressAllow": [format!("allowed.test:{echo}")]}});
     let r = app.post("/api/environments", &body.to_string()).await;
@@ -261,6 +286,16 @@ async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_ke
     let replace = read("replace.txt");
     assert!(!replace.contains("exit=0"), "{replace}");
 
+    // The domain-bound secret: a placeholder in the sandbox, the value at its domain.
+    let seen = read("token-seen.txt");
+    assert!(seen.starts_with("pi-relay-secret-"), "{seen}");
+    let fetched = read("fetch.txt");
+    assert!(
+        fetched.contains("\"service\"") && fetched.contains("data: [DONE]"),
+        "{fetched}"
+    );
+    assert_eq!(service.authorizations(), [Some(format!("Bearer {token}"))]);
+
     // The relay's view of it.
     let egress = app.get(&format!("/api/sessions/{id}/egress")).await.body["data"].clone();
     assert_eq!(egress["network"], "none");
@@ -307,6 +342,10 @@ async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_ke
     for p in &tree {
         let environ = std::fs::read(format!("/proc/{p}/environ")).unwrap_or_default();
         assert!(!contains(&environ, &key), "the environment of process {p}");
+        assert!(
+            !contains(&environ, &token),
+            "the environment of process {p}"
+        );
         let cmdline = std::fs::read(format!("/proc/{p}/cmdline")).unwrap_or_default();
         forwarder_alive |= contains(&cmdline, "/run/pi-relay/forward");
         if home.is_none() {
@@ -332,6 +371,7 @@ async fn needs_docker_real_pi_without_a_network_works_through_the_relay_which_ke
     for file in &scanned {
         let bytes = std::fs::read(file).unwrap_or_default();
         assert!(!contains(&bytes, &key), "{}", file.display());
+        assert!(!contains(&bytes, &token), "{}", file.display());
     }
     let models =
         std::fs::read_to_string(state.join(format!("sessions/{id}/agent/models.json"))).unwrap();

@@ -84,6 +84,7 @@ impl Raw {
             hardened: true,
             agent_template: None,
             activate_timeout: std::time::Duration::from_secs(60),
+            trust_env: Vec::new(),
         };
         let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), false);
         spec.name = format!("pi-bench-{id}");

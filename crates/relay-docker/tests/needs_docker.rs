@@ -146,6 +146,7 @@ mod helpers {
                 hardened: true,
                 agent_template: None,
                 activate_timeout: Duration::from_secs(60),
+                trust_env: Vec::new(),
             };
             let mut spec =
                 relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone(), false);

@@ -174,6 +174,7 @@ impl Fixture {
                     hardened: true,
                     agent_template: None,
                     activate_timeout: TIMEOUT,
+                    trust_env: Vec::new(),
                 };
                 let mut spec = relay_session::sandbox_spec(
                     &cfg,

@@ -25,12 +25,31 @@ pub(crate) async fn tunnel(ctx: &Ctx, mut req: Request<Incoming>) -> Response<Ga
     let label = target.to_string();
     let routes = ctx.gateway.routes();
     let policy = ctx.policy();
-    if let Err(denial) = decide(&policy, &target, |n| routes.is_provider_host(n)) {
+    let secrets = ctx.gateway.domain_secrets();
+    let bound = |n: &str, p: u16| !crate::intercept::secrets_for(&secrets, n, p).is_empty();
+    if let Err(denial) = decide(&policy, &target, |n| routes.is_provider_host(n), bound) {
         return deny(ctx, &label, &denial.to_string());
     }
     let Host::Name(name) = &target.host else {
         unreachable!("decide refuses address literals");
     };
+    // A host a domain-bound secret may go to: the relay ends the sandbox's TLS and sends each
+    // request on itself (port 80 carries no TLS to end: tunneled as is).
+    if target.port != 80
+        && let Some(config) = ctx.gateway.intercepts(name, target.port)
+    {
+        tracing::debug!(session = %ctx.session, target = %label, "egress tunnel intercepted");
+        ctx.usage.host_decided(&label, Verdict::Allowed, None);
+        let upgrade = hyper::upgrade::on(&mut req);
+        let (ctx2, host, port) = (ctx.clone(), name.clone(), target.port);
+        ctx.gateway.spawn(async move {
+            match upgrade.await {
+                Ok(u) => crate::intercept::serve(ctx2, TokioIo::new(u), host, port, config).await,
+                Err(e) => tracing::debug!(error = %e, "the sandbox left before its tunnel opened"),
+            }
+        });
+        return Response::new(GatewayBody::default());
+    }
     let upstream = match ctx.gateway.dialer().tcp(name, target.port, true).await {
         Ok(s) => s,
         Err(e @ DialError::Forbidden { .. }) => return deny(ctx, &label, &e.to_string()),

@@ -351,6 +351,9 @@ async fn through_proxy(
 #[derive(Debug, Clone)]
 pub(crate) struct Connector {
     pub(crate) dialer: Dialer,
+    /// Whether the host is the sandbox's choice (checked like a CONNECT target) rather than a
+    /// provider the operator configured.
+    pub(crate) sandbox_target: bool,
 }
 
 /// A connection the client pools.
@@ -405,6 +408,7 @@ impl tower_service::Service<Uri> for Connector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let dialer = self.dialer.clone();
+        let sandbox_target = self.sandbox_target;
         Box::pin(async move {
             let tls = uri.scheme_str() == Some("https");
             let host = uri
@@ -414,7 +418,7 @@ impl tower_service::Service<Uri> for Connector {
                 .trim_end_matches(']')
                 .to_owned();
             let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
-            let tcp = dialer.tcp(&host, port, false).await?;
+            let tcp = dialer.tcp(&host, port, sandbox_target).await?;
             let io = if tls {
                 dialer.tls(tcp, &host).await?
             } else {

@@ -128,6 +128,13 @@ pub(crate) struct CountedBody {
     sent: Arc<AtomicU64>,
 }
 
+impl CountedBody {
+    /// `inner`, counting into `sent`.
+    pub(crate) fn new(inner: Incoming, sent: Arc<AtomicU64>) -> CountedBody {
+        CountedBody { inner, sent }
+    }
+}
+
 impl Body for CountedBody {
     type Data = Bytes;
     type Error = hyper::Error;

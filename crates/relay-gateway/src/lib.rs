@@ -12,12 +12,14 @@
 //!   [`EgressPolicy`] decides, the relay resolves the name and refuses addresses a sandbox may
 //!   not reach, and every CONNECT is answered with a status.
 //!
-//! What each session did is counted ([`Gateway::usage`]).
+//! What each session did is counted ([`Gateway::usage`]). Secrets bound to domains are put in
+//! only on requests to those domains ([`intercept`], [`Gateway::set_domain_secrets`]).
 //!
 //! Modules: `policy` and `provider` decide (pure); `dial` reaches upstreams (resolver, proxy,
 //! TLS); `serve` accepts and dispatches; `connect` and `forward` act; `usage` counts.
 
 pub mod dial;
+pub mod intercept;
 pub mod policy;
 pub mod provider;
 pub mod usage;
@@ -39,6 +41,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use dial::{DialConfig, DialError, UpstreamProxy};
+pub use intercept::{Authority, AuthorityError, DomainSecret};
 pub use policy::{EgressMode, EgressPolicy, HostPattern};
 pub use provider::{ApiKind, ProviderRoute, Routes, Upstream};
 pub use usage::UsageReport;
@@ -78,6 +81,9 @@ pub struct GatewayConfig {
     pub extra_ca: Vec<CertificateDer<'static>>,
     /// Per-session bounds.
     pub limits: Limits,
+    /// The relay's CA for hosts that get domain-bound secrets; without it, such secrets are
+    /// never substituted (every host is tunneled untouched).
+    pub authority: Option<Arc<Authority>>,
 }
 
 /// Why the gateway could not be built or a session's socket opened.
@@ -122,7 +128,13 @@ pub struct Gateway {
 pub(crate) struct Inner {
     dialer: Dialer,
     client: Client<Connector, CountedBody>,
+    /// For requests to hosts the sandbox chose (intercepted ones): checked like its tunnels.
+    sandbox_client: Client<Connector, CountedBody>,
     routes: RwLock<Arc<Routes>>,
+    domain_secrets: RwLock<Arc<Vec<DomainSecret>>>,
+    authority: Option<Arc<Authority>>,
+    /// The CA certificate and the bundle (the host's roots and the CA) sandboxes trust.
+    trust: Option<(bytes::Bytes, Option<bytes::Bytes>)>,
     sessions: Mutex<HashMap<String, Open>>,
     usage: Mutex<HashMap<String, Arc<SessionUsage>>>,
     pub(crate) limits: Limits,
@@ -145,6 +157,11 @@ struct Open {
     stop: CancellationToken,
 }
 
+/// The relay's CA certificate in a session's egress directory.
+pub const TRUST_CA_FILE: &str = "ca.pem";
+/// The host's CA certificates and the relay's, in a session's egress directory.
+pub const TRUST_BUNDLE_FILE: &str = "ca-bundle.pem";
+
 /// Idle upstream connections are kept this long for the next model request.
 const POOL_IDLE: Duration = Duration::from_secs(90);
 
@@ -164,6 +181,34 @@ impl Inner {
         &self.dialer
     }
 
+    pub(crate) fn sandbox_client(&self) -> &Client<Connector, CountedBody> {
+        &self.sandbox_client
+    }
+
+    pub(crate) fn domain_secrets(&self) -> Arc<Vec<DomainSecret>> {
+        self.domain_secrets
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The TLS configuration for an intercepted tunnel to `host:port`, when a domain-bound
+    /// secret applies to it (and the relay has a CA).
+    pub(crate) fn intercepts(&self, host: &str, port: u16) -> Option<Arc<rustls::ServerConfig>> {
+        let authority = self.authority.as_ref()?;
+        let secrets = self.domain_secrets();
+        if intercept::secrets_for(&secrets, host, port).is_empty() {
+            return None;
+        }
+        match authority.server_config(host) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(host, error = %e, "cannot make a certificate; the host is tunneled untouched");
+                None
+            }
+        }
+    }
+
     pub(crate) fn spawn(&self, task: impl Future<Output = ()> + Send + 'static) {
         self.tasks.spawn(task);
     }
@@ -174,17 +219,29 @@ impl Gateway {
     pub fn new(config: GatewayConfig, stop: CancellationToken) -> Result<Gateway, GatewayError> {
         let tls = dial::client_tls(&config.extra_ca).map_err(GatewayError::Tls)?;
         let dialer = Dialer::new(config.dial, Arc::new(tls));
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(POOL_IDLE)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            .build(Connector {
-                dialer: dialer.clone(),
-            });
+        let client_for = |sandbox_target| {
+            Client::builder(TokioExecutor::new())
+                .pool_idle_timeout(POOL_IDLE)
+                .pool_timer(hyper_util::rt::TokioTimer::new())
+                .build(Connector {
+                    dialer: dialer.clone(),
+                    sandbox_target,
+                })
+        };
+        let (client, sandbox_client) = (client_for(false), client_for(true));
+        let trust = config
+            .authority
+            .as_ref()
+            .map(|a| intercept::bundle(a.ca_pem()));
         Ok(Gateway {
             inner: Arc::new(Inner {
                 dialer,
                 client,
+                sandbox_client,
                 routes: RwLock::new(Arc::new(Routes::default())),
+                domain_secrets: RwLock::new(Arc::new(Vec::new())),
+                authority: config.authority,
+                trust,
                 sessions: Mutex::new(HashMap::new()),
                 usage: Mutex::new(HashMap::new()),
                 limits: config.limits,
@@ -198,6 +255,40 @@ impl Gateway {
     /// forwarded keep the key they went out with.
     pub fn set_routes(&self, routes: Routes) {
         *self.inner.routes.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(routes);
+    }
+
+    /// Replaces the domain-bound secrets substituted on intercepted requests.
+    pub fn set_domain_secrets(&self, secrets: Vec<DomainSecret>) {
+        *self
+            .inner
+            .domain_secrets
+            .write()
+            .unwrap_or_else(|p| p.into_inner()) = Arc::new(secrets);
+    }
+
+    /// The variables a sandbox with the gateway trusts the relay's CA through, each naming a
+    /// file of its egress directory mounted at `mount`: Node's extra CA file, and, when the
+    /// host has a CA store to build a full bundle from, the bundle for OpenSSL, git, curl and
+    /// Python (which replace their store with it). Empty without a CA.
+    pub fn trust_variables(&self, mount: &str) -> Vec<(String, String)> {
+        let Some((_, bundle)) = &self.inner.trust else {
+            return Vec::new();
+        };
+        let mut out = vec![(
+            "NODE_EXTRA_CA_CERTS".to_owned(),
+            format!("{mount}/{TRUST_CA_FILE}"),
+        )];
+        if bundle.is_some() {
+            for name in [
+                "SSL_CERT_FILE",
+                "GIT_SSL_CAINFO",
+                "CURL_CA_BUNDLE",
+                "REQUESTS_CA_BUNDLE",
+            ] {
+                out.push((name.to_owned(), format!("{mount}/{TRUST_BUNDLE_FILE}")));
+            }
+        }
+        out
     }
 
     /// The providers served now.
@@ -229,6 +320,11 @@ impl Gateway {
         if let Some(old) = sessions.remove(session) {
             old.stop.cancel();
         }
+        self.write_trust(socket)
+            .map_err(|source| GatewayError::Bind {
+                path: socket.to_owned(),
+                source,
+            })?;
         let listener = serve::bind(socket).map_err(|source| GatewayError::Bind {
             path: socket.to_owned(),
             source,
@@ -251,6 +347,25 @@ impl Gateway {
                 stop,
             },
         );
+        Ok(())
+    }
+
+    /// Puts the CA files sandboxes trust beside `socket` (replacing them whole, never through
+    /// a link: the directory is only the relay's to write).
+    fn write_trust(&self, socket: &Path) -> std::io::Result<()> {
+        let (Some((ca, bundle)), Some(dir)) = (&self.inner.trust, socket.parent()) else {
+            return Ok(());
+        };
+        for (name, bytes) in [
+            (TRUST_CA_FILE, Some(ca)),
+            (TRUST_BUNDLE_FILE, bundle.as_ref()),
+        ] {
+            let Some(bytes) = bytes else { continue };
+            let tmp = dir.join(format!(".{name}.tmp"));
+            let _ = std::fs::remove_file(&tmp);
+            std::fs::write(&tmp, bytes)?;
+            std::fs::rename(&tmp, dir.join(name))?;
+        }
         Ok(())
     }
 

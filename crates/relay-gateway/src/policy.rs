@@ -270,11 +270,13 @@ impl fmt::Display for Denial {
 }
 
 /// Whether `policy` lets a sandbox open a tunnel to `target`; `provider` says whether a name
-/// is one of the configured model providers' hosts (always allowed unless the policy is `deny`).
+/// is one of the configured model providers' hosts, `configured` whether a `name:port` is one
+/// a secret is bound to (both always allowed unless the policy is `deny`).
 pub fn decide(
     policy: &EgressPolicy,
     target: &Target,
     provider: impl Fn(&str) -> bool,
+    configured: impl Fn(&str, u16) -> bool,
 ) -> Result<(), Denial> {
     if policy.mode == EgressMode::Deny {
         return Err(Denial::PolicyDeny);
@@ -286,6 +288,7 @@ pub fn decide(
     match policy.mode {
         EgressMode::Open => Ok(()),
         _ if DEFAULT_PORTS.contains(&target.port) && provider(name) => Ok(()),
+        _ if configured(name, target.port) => Ok(()),
         _ if policy.allow.iter().any(|p| p.matches(name, target.port)) => Ok(()),
         _ => Err(Denial::NotAllowed),
     }
@@ -429,25 +432,39 @@ mod tests {
             mode: EgressMode::Allowlist,
             allow: vec![pattern("github.com"), pattern("*.npmjs.org")],
         };
-        assert_eq!(decide(&allow, &t("github.com:443"), providers), Ok(()));
         assert_eq!(
-            decide(&allow, &t("registry.npmjs.org:443"), providers),
+            decide(&allow, &t("github.com:443"), providers, |_, _| false),
+            Ok(())
+        );
+        let bound = |n: &str, p: u16| n == "api.bound.test" && p == 8443;
+        assert_eq!(
+            decide(&allow, &t("api.bound.test:8443"), providers, bound),
             Ok(())
         );
         assert_eq!(
-            decide(&allow, &t("api.anthropic.com:443"), providers),
+            decide(&allow, &t("api.bound.test:443"), providers, bound),
+            Err(Denial::NotAllowed)
+        );
+        assert_eq!(
+            decide(&allow, &t("registry.npmjs.org:443"), providers, |_, _| {
+                false
+            }),
             Ok(())
         );
         assert_eq!(
-            decide(&allow, &t("api.anthropic.com:22"), providers),
+            decide(&allow, &t("api.anthropic.com:443"), providers, |_, _| false),
+            Ok(())
+        );
+        assert_eq!(
+            decide(&allow, &t("api.anthropic.com:22"), providers, |_, _| false),
             Err(Denial::NotAllowed)
         );
         assert_eq!(
-            decide(&allow, &t("evil.com:443"), providers),
+            decide(&allow, &t("evil.com:443"), providers, |_, _| false),
             Err(Denial::NotAllowed)
         );
         assert_eq!(
-            decide(&allow, &t("140.82.112.3:443"), providers),
+            decide(&allow, &t("140.82.112.3:443"), providers, |_, _| false),
             Err(Denial::AddressLiteral)
         );
         let deny = EgressPolicy {
@@ -455,7 +472,7 @@ mod tests {
             ..allow.clone()
         };
         assert_eq!(
-            decide(&deny, &t("api.anthropic.com:443"), providers),
+            decide(&deny, &t("api.anthropic.com:443"), providers, |_, _| false),
             Err(Denial::PolicyDeny)
         );
         let open = EgressPolicy {
@@ -463,11 +480,11 @@ mod tests {
             allow: vec![],
         };
         assert_eq!(
-            decide(&open, &t("anything.example:8443"), providers),
+            decide(&open, &t("anything.example:8443"), providers, |_, _| false),
             Ok(())
         );
         assert_eq!(
-            decide(&open, &t("[2606:4700::1]:443"), providers),
+            decide(&open, &t("[2606:4700::1]:443"), providers, |_, _| false),
             Err(Denial::AddressLiteral)
         );
         assert_eq!(EgressPolicy::default().mode, EgressMode::Allowlist);

@@ -16,7 +16,8 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::TokioIo;
 use relay_gateway::dial::DialConfig;
 use relay_gateway::{
-    ApiKind, EgressMode, EgressPolicy, Gateway, GatewayConfig, Limits, ProviderRoute, Routes,
+    ApiKind, Authority, DomainSecret, EgressMode, EgressPolicy, Gateway, GatewayConfig, Limits,
+    ProviderRoute, Routes,
 };
 use secrecy::SecretString;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -177,6 +178,15 @@ struct Setup {
 }
 
 async fn setup(mode: EgressMode, allow: &[&str], limits: Limits) -> Setup {
+    setup_with(mode, allow, limits, None).await
+}
+
+async fn setup_with(
+    mode: EgressMode,
+    allow: &[&str],
+    limits: Limits,
+    authority: Option<Arc<Authority>>,
+) -> Setup {
     let provider = Provider::start().await;
     let echo = echo_server().await;
     let resolve = HashMap::from([
@@ -193,6 +203,7 @@ async fn setup(mode: EgressMode, allow: &[&str], limits: Limits) -> Setup {
             },
             extra_ca: vec![provider.ca.clone()],
             limits,
+            authority,
         },
         stop.clone(),
     )
@@ -667,6 +678,7 @@ async fn with_an_upstream_proxy_tunnels_go_through_it_and_mapped_names_do_not() 
             },
             extra_ca: vec![],
             limits: Limits::default(),
+            authority: None,
         },
         stop.clone(),
     )
@@ -703,4 +715,102 @@ async fn with_an_upstream_proxy_tunnels_go_through_it_and_mapped_names_do_not() 
     assert_eq!(res.status(), 200);
     assert_eq!(asked.lock().unwrap().len(), 1, "not through the proxy");
     stop.cancel();
+}
+
+/// A rustls client trusting only `ca_pem`.
+fn client_trusting(ca_pem: &str) -> tokio_rustls::TlsConnector {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.unwrap()).unwrap();
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+#[tokio::test]
+async fn a_domain_bound_secret_is_put_in_only_on_requests_to_its_domain() {
+    let ca_dir = tempfile::tempdir().unwrap();
+    let authority = Arc::new(Authority::load_or_create(ca_dir.path()).unwrap());
+    let s = setup_with(
+        EgressMode::Allowlist,
+        &[],
+        Limits::default(),
+        Some(authority.clone()),
+    )
+    .await;
+    let target = format!("llm.test:{}", s.provider.port);
+    s.gateway.set_domain_secrets(vec![DomainSecret {
+        name: "TOKEN".into(),
+        placeholder: "pi-relay-secret-x".into(),
+        value: SecretString::from(KEY),
+        domains: vec![target.parse().unwrap()],
+    }]);
+    // The sandbox finds the relay's CA beside its socket.
+    let dir = s.socket.parent().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(dir.join("ca.pem")).unwrap(),
+        authority.ca_pem()
+    );
+
+    // The secret's host needs no allowlist entry; the relay ends the TLS with its own CA.
+    let mut send = connect(&s.socket).await;
+    let res = connect_to(&mut send, &target).await;
+    assert_eq!(res.status(), 200);
+    let tunnel = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    let name = rustls_pki_types::ServerName::try_from("llm.test").unwrap();
+    let tls = client_trusting(authority.ca_pem())
+        .connect(name, tunnel)
+        .await
+        .expect("the relay's certificate for llm.test, trusted through its CA");
+    let (mut inner, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+        .await
+        .unwrap();
+    tokio::spawn(conn);
+    let res = inner
+        .send_request(
+            Request::get("/v1/models?key=pi-relay-secret-x&x=1")
+                .header("host", "llm.test")
+                .header("authorization", "Bearer pi-relay-secret-x")
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the provider got the real key");
+    let seen = s.provider.seen().pop().unwrap();
+    assert_eq!(seen.path, format!("/v1/models?key={KEY}&x=1"));
+    assert_eq!(seen.headers["authorization"], format!("Bearer {KEY}"));
+
+    // With no secret bound to it the host is tunneled untouched: the sandbox meets the host's
+    // own certificate, which the relay's CA did not sign.
+    s.gateway.set_domain_secrets(vec![]);
+    s.gateway
+        .open(
+            "s1",
+            &s.socket,
+            EgressPolicy {
+                mode: EgressMode::Open,
+                allow: vec![],
+            },
+        )
+        .unwrap();
+    let mut send = connect(&s.socket).await;
+    let res = connect_to(&mut send, &target).await;
+    assert_eq!(res.status(), 200);
+    let tunnel = TokioIo::new(hyper::upgrade::on(res).await.unwrap());
+    let name = rustls_pki_types::ServerName::try_from("llm.test").unwrap();
+    assert!(
+        client_trusting(authority.ca_pem())
+            .connect(name, tunnel)
+            .await
+            .is_err()
+    );
+    s.stop.cancel();
 }

@@ -150,7 +150,8 @@ impl Inner {
 
 impl SessionService {
     /// Works out the providers the gateway serves from the `ai_provider` secrets and the agent
-    /// template, and serves them from now on. Problems are logged.
+    /// template, and serves them from now on, with the secrets bound to domains. Problems are
+    /// logged.
     pub async fn refresh_providers(&self) -> Result<(), SessionError> {
         let inner = &self.inner;
         let keys = inner.secrets.provider_keys().await?;
@@ -161,6 +162,9 @@ impl SessionService {
         }
         let ids: Vec<String> = plan.routes.iter().map(|r| r.id.clone()).collect();
         inner.gateway.set_routes(Routes::new(plan.routes));
+        inner
+            .gateway
+            .set_domain_secrets(inner.secrets.domain_secrets().await?);
         tracing::info!(providers = ?ids, "model providers served by the egress gateway");
         Ok(())
     }

@@ -53,6 +53,9 @@ pub struct SessionConfig {
     pub agent_template: Option<PathBuf>,
     /// How long activate waits for provisioning.
     pub activate_timeout: std::time::Duration,
+    /// Variables that make a sandbox with the egress gateway trust the relay's CA (see
+    /// `relay_gateway::Gateway::trust_variables`).
+    pub trust_env: Vec<(String, String)>,
 }
 
 /// A session as clients see it.

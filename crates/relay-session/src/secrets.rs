@@ -13,6 +13,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
+use relay_gateway::{DomainSecret, HostPattern};
 use relay_store::{SecretPatch, SecretRow, SecretWrite, Store};
 use secrecy::{ExposeSecret, SecretString};
 
@@ -280,6 +281,9 @@ pub fn validate_domains(raw: &[String]) -> Result<Vec<String>, SessionError> {
                 )));
             }
         }
+        if let Err(e) = p.parse::<HostPattern>() {
+            return Err(SessionError::Invalid(format!("Domain pattern {e}")));
+        }
         if !out.contains(&p) {
             out.push(p);
         }
@@ -420,23 +424,45 @@ impl SecretService {
     }
 
     /// The files a sandbox's secrets directory holds now: enabled secrets of the kinds that
-    /// reach sandboxes (and the model keys, `with_provider_keys`, for a sandbox without the
-    /// gateway), minus the relay's own, named by the lower-case variable name.
-    pub async fn sandbox_files(
-        &self,
-        with_provider_keys: bool,
-    ) -> Result<Vec<SecretFile>, SessionError> {
+    /// reach sandboxes, minus the relay's own, named by the lower-case variable name. A sandbox
+    /// with the egress gateway gets placeholders for secrets bound to domains (the gateway puts
+    /// the values in on requests to those domains). A `direct` one (no gateway: the host's
+    /// network) gets their values, and the model keys, which it uses itself.
+    pub async fn sandbox_files(&self, direct: bool) -> Result<Vec<SecretFile>, SessionError> {
         let mut out = Vec::new();
         for row in self.store.secrets().await? {
-            let kind = |k: SecretKind| {
-                k.reaches_sandboxes() || (with_provider_keys && k == SecretKind::AiProvider)
-            };
+            let kind =
+                |k: SecretKind| k.reaches_sandboxes() || (direct && k == SecretKind::AiProvider);
             if !usable(&row, kind) {
                 continue;
             }
+            let value = if !direct && !bound_domains(&row).is_empty() {
+                SecretString::from(relay_gateway::intercept::placeholder_for(&row.id))
+            } else {
+                self.vault.open_secret(&row.id, &row.sealed)?
+            };
             out.push(SecretFile {
                 name: row.env_var.to_ascii_lowercase(),
+                value,
+            });
+        }
+        Ok(out)
+    }
+
+    /// The secrets the gateway puts in on requests to their domains: enabled `env_var`
+    /// secrets with domains, minus the relay's own.
+    pub async fn domain_secrets(&self) -> Result<Vec<DomainSecret>, SessionError> {
+        let mut out = Vec::new();
+        for row in self.store.secrets().await? {
+            let domains = bound_domains(&row);
+            if domains.is_empty() || !usable(&row, |k| k == SecretKind::EnvVar) {
+                continue;
+            }
+            out.push(DomainSecret {
+                name: row.env_var.clone(),
+                placeholder: relay_gateway::intercept::placeholder_for(&row.id),
                 value: self.vault.open_secret(&row.id, &row.sealed)?,
+                domains,
             });
         }
         Ok(out)
@@ -454,6 +480,24 @@ impl SecretService {
         }
         Ok(out)
     }
+}
+
+/// The host patterns a secret is bound to (stored domains that are not host patterns, from
+/// before they were checked, are left out with a warning).
+fn bound_domains(row: &SecretRow) -> Vec<HostPattern> {
+    let Some(raw) = row.domains.as_deref() else {
+        return Vec::new();
+    };
+    let list: Vec<String> = serde_json::from_str(raw).unwrap_or_default();
+    list.iter()
+        .filter_map(|d| match d.parse::<HostPattern>() {
+            Ok(p) => Some(p),
+            Err(e) => {
+                tracing::warn!(secret = %row.env_var, error = %e, "a secret's domain is not a host pattern; ignored");
+                None
+            }
+        })
+        .collect()
 }
 
 /// Whether `row` is enabled, of a kind `kind` accepts, and not one of the relay's own.

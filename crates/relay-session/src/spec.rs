@@ -116,7 +116,7 @@ pub fn sandbox_spec(
 /// The proxy variables of a sandbox with the egress gateway: HTTPS and HTTP through its CONNECT
 /// proxy (Node's own fetch only with `NODE_USE_ENV_PROXY`), loopback never (pi reaches its model
 /// providers there, and would otherwise CONNECT to them).
-fn proxy_env() -> Vec<(String, String)> {
+fn proxy_env(cfg: &SessionConfig) -> Vec<(String, String)> {
     let proxy = crate::egress::gateway_url();
     let mut out = Vec::new();
     for name in ["HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy"] {
@@ -126,6 +126,7 @@ fn proxy_env() -> Vec<(String, String)> {
         out.push((name.to_owned(), "127.0.0.1,localhost".to_owned()));
     }
     out.push(("NODE_USE_ENV_PROXY".to_owned(), "1".to_owned()));
+    out.extend(cfg.trust_env.iter().cloned());
     out
 }
 
@@ -152,7 +153,7 @@ pub(crate) fn spec_for(
     });
     if egress.is_some() {
         // Last: the relay's values win over an environment's.
-        envs.extend(proxy_env());
+        envs.extend(proxy_env(cfg));
     }
     SandboxSpec {
         session_id: id.to_owned(),
@@ -193,6 +194,7 @@ mod tests {
             hardened: true,
             agent_template: None,
             activate_timeout: Duration::from_secs(60),
+            trust_env: Vec::new(),
         }
     }
 

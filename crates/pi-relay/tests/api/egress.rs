@@ -245,3 +245,77 @@ fn walk(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     }
     out
 }
+
+#[tokio::test]
+async fn a_secret_bound_to_domains_reaches_the_sandbox_as_a_placeholder_and_its_ca_with_it() {
+    let app = spawn_app().await;
+    let body = json!({"name": "GitHub", "envVar": "GH_TOKEN", "value": "ghp_real",
+                      "domains": ["api.github.com", "*.githubusercontent.com"]});
+    let r = app.post("/api/secrets", &body.to_string()).await;
+    assert_eq!(r.status, 201, "{}", r.body);
+    let secret_id = r.body["data"]["id"].as_str().unwrap().to_owned();
+    let id = app.active_session().await;
+
+    let file = app.state_dir().join(format!("pi-secrets-{id}/gh_token"));
+    let placeholder = std::fs::read_to_string(&file).unwrap();
+    let plain: String = secret_id
+        .chars()
+        .filter(char::is_ascii_alphanumeric)
+        .collect();
+    assert_eq!(placeholder, format!("pi-relay-secret-{plain}"));
+    // The sandbox trusts the relay's CA: the file beside its socket, named by the variables.
+    let egress = app.state_dir().join(format!("egress/{id}"));
+    let ca = std::fs::read_to_string(egress.join("ca.pem")).unwrap();
+    assert!(ca.starts_with("-----BEGIN CERTIFICATE-----"));
+    let config_ca = app.dir.path().join("config/egress-ca.pem");
+    assert_eq!(std::fs::read_to_string(config_ca).unwrap(), ca);
+    let spec = app.fake.created_specs().pop().unwrap();
+    assert!(
+        spec.env.contains(&(
+            "NODE_EXTRA_CA_CERTS".to_owned(),
+            "/run/egress/ca.pem".to_owned()
+        )),
+        "{:?}",
+        spec.env
+    );
+    // The relay's CA key stays in its config directory, readable by it alone.
+    let key = app.dir.path().join("config/egress-ca-key.pem");
+    let mode =
+        std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&key).unwrap().permissions());
+    assert_eq!(mode & 0o777, 0o600);
+    for file in walk(&app.state_dir()) {
+        let text = std::fs::read(&file).unwrap_or_default();
+        assert!(
+            !String::from_utf8_lossy(&text).contains("PRIVATE KEY"),
+            "{}",
+            file.display()
+        );
+    }
+
+    // Domains are host patterns.
+    let body = json!({"name": "x", "envVar": "X_TOKEN", "value": "v", "domains": ["10.0.0.1"]});
+    let r = app.post("/api/secrets", &body.to_string()).await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Domain pattern \"10.0.0.1\""),
+        "{}",
+        r.body
+    );
+    app.shutdown().await;
+
+    // A sandbox on the host's network has no gateway to put the value in: it gets the value.
+    let app = spawn_app_with(&["--sandbox-network", "host"]).await;
+    let body = json!({"name": "GitHub", "envVar": "GH_TOKEN", "value": "ghp_real",
+                      "domains": ["api.github.com"]});
+    assert_eq!(
+        app.post("/api/secrets", &body.to_string()).await.status,
+        201
+    );
+    let id = app.active_session().await;
+    let file = app.state_dir().join(format!("pi-secrets-{id}/gh_token"));
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "ghp_real");
+    app.shutdown().await;
+}
