@@ -22,10 +22,15 @@ use bollard::query_parameters::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 use relay_sandbox::host::{HostLayout, HostStorage};
+mod forwarder;
+
+pub use forwarder::FORWARDER_PATH;
+use forwarder::LABEL_EGRESS_PORT;
+
 use relay_sandbox::{
-    AGENT_PATH, Capabilities, EGRESS_DIR_PATH, EGRESS_SOCKET_NAME, FORWARDER_USER, HOME_PATH,
-    ImageInfo, Network, OutputChunk, OutputHistory, SECRETS_PATH, Sandbox, SandboxError, SandboxId,
-    SandboxInfo, SandboxIo, SandboxSpec, SandboxStatus, SessionStorage, WORKSPACE_PATH,
+    AGENT_PATH, Capabilities, EGRESS_DIR_PATH, HOME_PATH, ImageInfo, Network, OutputChunk,
+    OutputHistory, SECRETS_PATH, Sandbox, SandboxError, SandboxId, SandboxInfo, SandboxIo,
+    SandboxSpec, SandboxStatus, SessionStorage, WORKSPACE_PATH,
 };
 
 /// How long a single Engine API request may take before its response headers arrive. Attach
@@ -44,11 +49,6 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     image_listing: true,
     egress: true,
 };
-
-/// Where a sandbox sees the relay's forwarder binary (read-only).
-pub const FORWARDER_PATH: &str = "/run/pi-relay/forward";
-/// Label carrying the port of a sandbox's forwarder, so a start after a relay restart knows it.
-const LABEL_EGRESS_PORT: &str = "pi-relay.egress-port";
 
 /// Size of the tmpfs mounted at the sandbox user's home.
 const HOME_TMPFS_BYTES: u64 = 256 * 1024 * 1024;
@@ -127,68 +127,6 @@ impl DockerSandbox {
             egress_ports: Default::default(),
             entrypoints: Default::default(),
         })
-    }
-
-    /// The same provider, running `binary` (a static build of `crates/relay-forward`) as the
-    /// forwarder of sandboxes that get egress.
-    pub fn with_forwarder(mut self, binary: std::path::PathBuf) -> DockerSandbox {
-        self.forwarder = Some(binary);
-        self
-    }
-
-    /// Starts the forwarder of sandbox `id`, if it has one: `docker exec` as [`FORWARDER_USER`],
-    /// detached, so it is no child of pi's and the agent cannot signal it.
-    async fn start_forwarder(&self, id: &SandboxId) -> Result<(), SandboxError> {
-        let known = self
-            .egress_ports
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(id.as_str())
-            .copied();
-        let port = match known {
-            Some(port) => port,
-            None => {
-                let info = self.inspect(id).await?;
-                let port = info
-                    .labels
-                    .get(LABEL_EGRESS_PORT)
-                    .and_then(|p| p.parse().ok());
-                self.egress_ports
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .insert(id.0.clone(), port);
-                port
-            }
-        };
-        let Some(port) = port else { return Ok(()) };
-        let socket = format!("{EGRESS_DIR_PATH}/{EGRESS_SOCKET_NAME}");
-        let (uid, gid) = FORWARDER_USER;
-        let exec = self
-            .docker
-            .create_exec(
-                id.as_str(),
-                bollard::exec::CreateExecOptions {
-                    cmd: Some(vec![FORWARDER_PATH.to_owned(), port.to_string(), socket]),
-                    user: Some(format!("{uid}:{gid}")),
-                    attach_stdin: Some(false),
-                    attach_stdout: Some(false),
-                    attach_stderr: Some(false),
-                    ..Default::default()
-                },
-            )
-            .await
-            .map_err(|e| map_err(e, "create the forwarder's exec"))?;
-        self.docker
-            .start_exec(
-                &exec.id,
-                Some(bollard::exec::StartExecOptions {
-                    detach: true,
-                    ..Default::default()
-                }),
-            )
-            .await
-            .map_err(|e| map_err(e, "start the forwarder"))?;
-        Ok(())
     }
 
     /// The engine client, for tools that measure against the engine directly (the benchmark).
