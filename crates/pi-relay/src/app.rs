@@ -183,8 +183,7 @@ fn gateway_config(
     dirs: &Resolved,
 ) -> Result<relay_gateway::GatewayConfig, BoxError> {
     // The CA for hosts that get domain-bound secrets, kept beside the encryption key.
-    let authority = relay_gateway::Authority::load_or_create(&dirs.config_dir)
-        .map_err(|e| format!("cannot set up the egress CA: {}", error_chain(&e)))?;
+    let authority = relay_gateway::Authority::load_or_create(&dirs.config_dir)?;
     let mut resolve = std::collections::HashMap::<String, Vec<std::net::IpAddr>>::new();
     for (name, ip) in &args.egress_resolve {
         resolve.entry(name.clone()).or_default().push(*ip);
@@ -204,18 +203,6 @@ fn gateway_config(
         limits: relay_gateway::Limits::default(),
         authority: Some(Arc::new(authority)),
     })
-}
-
-/// An error and its causes, `: `-joined.
-fn error_chain(e: &dyn Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The sandbox forwarder: `--forwarder`, else `pi-relay-forward` beside this binary.

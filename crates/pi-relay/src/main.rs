@@ -26,7 +26,15 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pi-relay: {e}");
+            // With its causes: "cannot use … : Permission denied".
+            let mut message = e.to_string();
+            let mut source = e.source();
+            while let Some(s) = source {
+                message.push_str(": ");
+                message.push_str(&s.to_string());
+                source = s.source();
+            }
+            eprintln!("pi-relay: {message}");
             std::process::ExitCode::FAILURE
         }
     }

@@ -18,18 +18,6 @@ fn image() -> String {
     std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
 }
 
-async fn until_type_within(ws: &mut Ws, ty: &str, limit: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let v = next_json_within(ws, limit).await;
-        let done = v["type"] == ty;
-        out.push(v);
-        if done {
-            return out;
-        }
-    }
-}
-
 fn sandbox_uid() -> u32 {
     let me = std::fs::metadata("/proc/self").unwrap().uid();
     if me == 0 { 1000 } else { me }

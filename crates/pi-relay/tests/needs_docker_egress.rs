@@ -102,19 +102,6 @@ async fn add_key(app: &TestApp, key: &str) {
     assert_eq!(r.status, 201, "{}", r.body);
 }
 
-/// Frames until one of type `ty`, each within `limit`.
-async fn until_type_within(ws: &mut Ws, ty: &str, limit: Duration) -> Vec<Value> {
-    let mut out = Vec::new();
-    loop {
-        let v = next_json_within(ws, limit).await;
-        let done = v["type"] == ty;
-        out.push(v);
-        if done {
-            return out;
-        }
-    }
-}
-
 /// Waits for pi to answer `get_state` (it has no ready banner).
 async fn ready(ws: &mut Ws) {
     send(ws, json!({"id": "ready", "type": "get_state"})).await;

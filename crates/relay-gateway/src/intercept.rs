@@ -170,7 +170,7 @@ fn basic_credentials(value: &str) -> Option<String> {
 #[derive(Debug, thiserror::Error)]
 pub enum AuthorityError {
     /// A file could not be read or written.
-    #[error("{path}")]
+    #[error("cannot use the egress CA file {path}")]
     Io {
         /// The file.
         path: String,

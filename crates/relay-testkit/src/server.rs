@@ -41,22 +41,7 @@ impl MockLlm {
         let listener = listener.tap_io(|stream| {
             let _ = stream.set_nodelay(true);
         });
-        let shutdown = CancellationToken::new();
-        let shared = Arc::new(Shared::new(script, shutdown.clone()));
-        // Once cancelled, the server drops the listener, closes idle connections and lets the
-        // others finish their response (a request still waiting for its body is answered at
-        // once), then the task ends. Serving itself never fails, so its result says nothing.
-        let serve = axum::serve(listener, router(&shared))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-        tokio::spawn(async move {
-            let _ = serve.await;
-        });
-        Ok(MockLlm {
-            addr,
-            shared,
-            shutdown,
-            tls: None,
-        })
+        Ok(MockLlm::serve(listener, addr, script, None))
     }
 
     /// As [`start`](MockLlm::start), over HTTPS: the mock presents a certificate for `names`
@@ -71,19 +56,34 @@ impl MockLlm {
             tcp,
             acceptor: ca.acceptor,
         };
+        Ok(MockLlm::serve(listener, addr, script, Some(ca.ca_pem)))
+    }
+
+    /// Serves the mock on `listener` (bound to `addr`) until it is dropped.
+    fn serve<L>(listener: L, addr: SocketAddr, script: Script, tls: Option<String>) -> MockLlm
+    where
+        L: axum::serve::Listener,
+        L::Addr: std::fmt::Debug,
+    {
         let shutdown = CancellationToken::new();
         let shared = Arc::new(Shared::new(script, shutdown.clone()));
-        let serve = axum::serve(listener, router(&shared))
-            .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+        let app = Router::new()
+            .fallback(answer)
+            .with_state(Arc::clone(&shared));
+        // Once cancelled, the server drops the listener, closes idle connections and lets the
+        // others finish their response (a request still waiting for its body is answered at
+        // once), then the task ends. Serving itself never fails, so its result says nothing.
+        let serve =
+            axum::serve(listener, app).with_graceful_shutdown(shutdown.clone().cancelled_owned());
         tokio::spawn(async move {
             let _ = serve.await;
         });
-        Ok(MockLlm {
+        MockLlm {
             addr,
             shared,
             shutdown,
-            tls: Some(ca.ca_pem),
-        })
+            tls,
+        }
     }
 
     /// The CA certificate (PEM) a mock started with [`start_tls`](MockLlm::start_tls) is
@@ -125,13 +125,6 @@ impl MockLlm {
     pub fn authorizations(&self) -> Vec<Option<String>> {
         self.shared.authorizations().clone()
     }
-}
-
-/// The mock's routes: every request goes to [`answer`].
-fn router(shared: &Arc<Shared>) -> Router {
-    Router::new()
-        .fallback(answer)
-        .with_state(Arc::clone(shared))
 }
 
 impl Drop for MockLlm {

@@ -302,9 +302,14 @@ pub(crate) async fn next_json_within(ws: &mut Ws, limit: Duration) -> Value {
 
 /// Frames until (and including) one whose `type` is `ty`.
 pub(crate) async fn until_type(ws: &mut Ws, ty: &str) -> Vec<Value> {
+    until_type_within(ws, ty, PROMPTLY).await
+}
+
+/// As [`until_type`], each frame within `limit` (the real pi takes longer than the fake).
+pub(crate) async fn until_type_within(ws: &mut Ws, ty: &str, limit: Duration) -> Vec<Value> {
     let mut out = Vec::new();
     loop {
-        let v = next_json(ws).await;
+        let v = next_json_within(ws, limit).await;
         let done = v["type"] == ty;
         out.push(v);
         if done {
