@@ -6,7 +6,7 @@ use axum::Router;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::Response;
-use axum::routing::get;
+use axum::routing::{get, post};
 use bytes::Bytes;
 use relay_session::environments::{Environment, EnvironmentChange, NewEnvironment};
 use serde_json::{Map, Value, json};
@@ -18,6 +18,9 @@ pub(crate) fn router() -> Router<AppState> {
     Router::new()
         .route("/api/environments", get(list).post(create))
         .route("/api/environments/images", get(images))
+        .route("/api/environments/probe", post(probe))
+        .route("/api/environments/gondolin", get(gondolin))
+        .route("/api/environments/gondolin/install", post(gondolin_install))
         .route(
             "/api/environments/{id}",
             get(one).put(update).delete(delete),
@@ -79,6 +82,46 @@ async fn images(State(state): State<AppState>) -> Result<Response, ApiError> {
             .collect::<Vec<_>>(),
     ))
 }
+
+async fn probe(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let v = input::json_object(&body)?;
+    let sandbox_type = sandbox_type(&v)?.ok_or_else(|| {
+        ApiError::bad_request("sandboxType must be one of: docker, cloudflare, gondolin")
+    })?;
+    let config = match v.get("config") {
+        None | Some(Value::Null) => Value::Object(Map::new()),
+        Some(c) => c.clone(),
+    };
+    let found = state.environments.probe(&sandbox_type, &config).await?;
+    let mut data = json!({"available": found.available, "sandboxType": sandbox_type});
+    if let Some(e) = found.error {
+        data["error"] = json!(e);
+    }
+    Ok(envelope::ok(data))
+}
+
+/// Gondolin (micro-VMs) does not run here: its asset status, in the protocol's shape, says
+/// nothing is installed and how to get sessions instead.
+async fn gondolin() -> Response {
+    envelope::ok(json!({
+        "available": false,
+        "defaultInstallBaseDir": null,
+        "installCommand": null,
+        "checkedPath": null,
+        "assetsExist": false,
+        "installedAssetDirs": [],
+        "error": GONDOLIN_UNSUPPORTED,
+    }))
+}
+
+async fn gondolin_install() -> Result<Response, ApiError> {
+    Err(ApiError::Client(
+        StatusCode::NOT_IMPLEMENTED,
+        GONDOLIN_UNSUPPORTED.into(),
+    ))
+}
+
+const GONDOLIN_UNSUPPORTED: &str = "Gondolin sandboxes are not supported by this relay; use docker";
 
 async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     input::uuid_id(&id, not_found)?;

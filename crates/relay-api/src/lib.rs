@@ -66,6 +66,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/api", get(api_index))
+        .route("/api/meta/version", get(meta_version))
         .route("/ws/sessions/{id}", get(ws::upgrade))
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
         .merge(egress::router())
@@ -106,6 +107,27 @@ async fn api_index(axum::extract::State(state): axum::extract::State<AppState>) 
         },
     }))
     .into_response()
+}
+
+/// `GET /api/meta/version`: the relay's version and commit (`GIT_COMMIT`); the dashboard's
+/// commit and the build time when the environment says them.
+async fn meta_version(axum::extract::State(state): axum::extract::State<AppState>) -> Response {
+    let var = |names: &[&str]| {
+        names
+            .iter()
+            .filter_map(|n| std::env::var(n).ok())
+            .map(|v| v.trim().to_owned())
+            .find(|v| !v.is_empty())
+    };
+    let mut data = json!({
+        "relayVersion": VERSION,
+        "serverHash": state.commit,
+        "dashboardHash": var(&["DASHBOARD_GIT_COMMIT", "PI_DASHBOARD_COMMIT"]).unwrap_or_else(|| "dev".into()),
+    });
+    if let Some(at) = var(&["BUILT_AT", "PI_BUILD_AT"]) {
+        data["builtAt"] = json!(at);
+    }
+    envelope::ok(data)
 }
 
 /// Serves the API on `listener` until `stop` is cancelled, then waits for requests in progress.

@@ -38,6 +38,9 @@ struct SessionView {
     id: String,
     mode: &'static str,
     status: &'static str,
+    /// Not in the pi-apps relay: why the session is in `error`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status_reason: Option<String>,
     sandbox_provider: Option<String>,
     sandbox_provider_id: Option<String>,
     environment_id: Option<String>,
@@ -65,6 +68,9 @@ impl From<Session> for SessionView {
             id: s.id,
             mode: s.mode.as_str(),
             status: s.status.as_str(),
+            status_reason: s
+                .status_reason
+                .filter(|_| s.status == relay_session::SessionStatus::Error),
             sandbox_provider: s.sandbox_provider,
             sandbox_provider_id: s.sandbox_provider_id,
             environment_id: s.environment_id,

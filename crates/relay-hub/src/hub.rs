@@ -56,6 +56,9 @@ struct Client {
     backlog: Arc<AtomicUsize>,
     kicked: CancellationToken,
     extension_ui: bool,
+    /// A newer socket of the same client id connected: this one gets no more broadcasts (the
+    /// pi-apps clients open two sockets per page; each frame must reach the page once).
+    superseded: bool,
 }
 
 impl Client {
@@ -69,6 +72,18 @@ impl Client {
             return;
         }
         let _ = self.tx.send(Outbound::Text(frame.clone()));
+    }
+}
+
+impl HubState {
+    /// Sends `frame` to the newest socket of every client.
+    fn fan_out(&self, frame: &Bytes) {
+        self.receiving().for_each(|c| c.push(frame));
+    }
+
+    /// The sockets that receive broadcasts: the newest of each client id.
+    fn receiving(&self) -> impl Iterator<Item = &Client> {
+        self.clients.values().filter(|c| !c.superseded)
     }
 }
 
@@ -109,7 +124,7 @@ pub struct Hub {
 /// What a hub reports about itself.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubStatus {
-    /// Connected clients.
+    /// Connected clients (one per client id: its newest socket).
     pub clients: usize,
     /// Whether pi's stdio is attached.
     pub attached: bool,
@@ -171,7 +186,7 @@ impl Hub {
             st.stdin = Some(stdin_tx);
             if reattached {
                 let frame = protocol::sandbox_status("running", None);
-                st.clients.values().for_each(|c| c.push(&frame));
+                st.fan_out(&frame);
             }
             st.generation
         };
@@ -328,7 +343,7 @@ impl Hub {
                     c.push(&frame);
                 }
             } else {
-                st.clients.values().for_each(|c| c.push(&frame));
+                st.fan_out(&frame);
             }
         }
     }
@@ -343,7 +358,7 @@ impl Hub {
             st.running_tools.clear();
             st.agent_running = false;
             let frame = protocol::sandbox_status("stopped", Some(reason));
-            st.clients.values().for_each(|c| c.push(&frame));
+            st.fan_out(&frame);
         }
         tracing::info!(session = %self.session_id, reason, "sandbox output closed");
         self.observer.channel_closed(&self.session_id, reason);
@@ -358,6 +373,9 @@ impl Hub {
         let backlog = Arc::new(AtomicUsize::new(0));
         let kicked = CancellationToken::new();
         let mut st = self.state.lock().await;
+        for older in st.clients.values_mut().filter(|c| c.client_id == client_id) {
+            older.superseded = true;
+        }
         st.clients.insert(
             conn_id,
             Client {
@@ -366,6 +384,7 @@ impl Hub {
                 backlog: backlog.clone(),
                 kicked: kicked.clone(),
                 extension_ui: self.prefs.extension_ui(&self.session_id, client_id),
+                superseded: false,
             },
         );
         st.last_disconnected_at = None;
@@ -393,7 +412,7 @@ impl Hub {
         }
         let now = self.clock.now();
         st.last_activity = Some(now);
-        if st.clients.is_empty() {
+        if st.receiving().next().is_none() {
             st.last_disconnected_at = Some(now);
         }
         self.elect(&mut st);
@@ -402,7 +421,11 @@ impl Hub {
     /// Controller election: the last prompting client, then the activator, then the newest
     /// client, each only if it can show extension dialogs.
     fn elect(&self, st: &mut HubState) {
-        let capable = |id: &ConnId| st.clients.get(id).is_some_and(|c| c.extension_ui);
+        let capable = |id: &ConnId| {
+            st.clients
+                .get(id)
+                .is_some_and(|c| c.extension_ui && !c.superseded)
+        };
         let activator = self.prefs.activator(&self.session_id);
         st.controller = st
             .last_writer
@@ -412,7 +435,7 @@ impl Hub {
                     st.clients
                         .iter()
                         .rev()
-                        .find(|(_, c)| c.client_id == a && c.extension_ui)
+                        .find(|(_, c)| c.client_id == a && c.extension_ui && !c.superseded)
                         .map(|(id, _)| *id)
                 })
             })
@@ -420,7 +443,7 @@ impl Hub {
                 st.clients
                     .iter()
                     .rev()
-                    .find(|(_, c)| c.extension_ui)
+                    .find(|(_, c)| c.extension_ui && !c.superseded)
                     .map(|(id, _)| *id)
             });
     }
@@ -526,7 +549,7 @@ impl Hub {
     /// Sends a relay message to every client.
     pub async fn broadcast(&self, frame: Bytes) {
         let st = self.state.lock().await;
-        st.clients.values().for_each(|c| c.push(&frame));
+        st.fan_out(&frame);
     }
 
     /// Closes every client with `code` and stops reading the sandbox (it keeps running).
@@ -556,7 +579,7 @@ impl Hub {
     pub async fn status(&self) -> HubStatus {
         let st = self.state.lock().await;
         HubStatus {
-            clients: st.clients.len(),
+            clients: st.receiving().count(),
             attached: st.stdin.is_some(),
             running_tools: st.running_tools.len(),
             agent_running: st.agent_running,

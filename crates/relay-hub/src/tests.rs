@@ -302,3 +302,34 @@ async fn running_tool_calls_are_tracked_until_they_end() {
     until(&mut c, "agent_settled").await;
     assert_eq!(hub.status().await.running_tools, 0);
 }
+
+#[tokio::test]
+async fn only_the_newest_socket_of_a_client_receives_and_the_older_closing_changes_nothing() {
+    let s = setup().await;
+    let (hub, _) = running_hub(&s, "s1").await;
+    // The pi-apps dashboard opens two sockets with one client id on every session page.
+    let older = hub.connect("page").await;
+    let mut newer = hub.connect("page").await;
+    let mut other = hub.connect("other").await;
+    assert_eq!(hub.status().await.clients, 2, "one per client id");
+    hub.command(
+        older.id(),
+        cmd(serde_json::json!({"id":"g1","type":"get_state"})),
+    )
+    .await;
+    assert_eq!(recv_json(&mut newer).await["id"], "g1");
+    assert_eq!(recv_json(&mut other).await["id"], "g1");
+    let mut older = older;
+    assert!(older.try_recv().is_none(), "the older socket gets nothing");
+    // Its close leaves the newer one as it was.
+    older.close().await;
+    hub.command(
+        newer.id(),
+        cmd(serde_json::json!({"id":"g2","type":"get_state"})),
+    )
+    .await;
+    assert_eq!(recv_json(&mut newer).await["id"], "g2");
+    assert_eq!(recv_json(&mut other).await["id"], "g2");
+    assert_eq!(hub.status().await.clients, 2);
+    assert_eq!(hub.status().await.last_disconnected_at, None);
+}

@@ -56,6 +56,9 @@ pub struct HostStorage {
     chown: bool,
 }
 
+/// pi's export directory in its agent directory.
+const EXPORTS_DIR: &str = "exports";
+
 impl HostStorage {
     /// Storage under `state_dir` (which must be an absolute path: it is bind-mounted). With
     /// `chown_to_sandbox_user`, what it creates belongs to the sandbox user.
@@ -126,6 +129,16 @@ impl HostStorage {
         std::fs::set_permissions(&l.root, std::fs::Permissions::from_mode(0o750))?;
         for dir in [&l.root, &l.workspace, &l.agent] {
             self.own(dir, user)?;
+        }
+        // pi's `export_html` writes here and does not make the directory. Whatever the agent
+        // made of the name stays as it is (nothing runs in the sandbox now; a new directory
+        // is the only thing chowned).
+        let exports = l.agent.join(EXPORTS_DIR);
+        if let Err(e) = std::fs::symlink_metadata(&exports)
+            && e.kind() == io::ErrorKind::NotFound
+        {
+            std::fs::create_dir(&exports)?;
+            self.own(&exports, user)?;
         }
         // Generated files are bind-mounted read-only, world-readable like the files they replace.
         std::fs::set_permissions(&l.generated, std::fs::Permissions::from_mode(0o755))?;
@@ -502,6 +515,16 @@ mod tests {
         std::fs::write(l.workspace.join("keep.txt"), "x").unwrap();
         s.prepare(ID, USER).await.unwrap();
         assert!(l.workspace.join("keep.txt").exists());
+        assert!(l.agent.join("exports").is_dir(), "pi's export directory");
+        // A link the agent put in its place is left alone, never followed.
+        std::fs::remove_dir(l.agent.join("exports")).unwrap();
+        std::os::unix::fs::symlink("/nonexistent", l.agent.join("exports")).unwrap();
+        s.prepare(ID, USER).await.unwrap();
+        assert!(
+            std::fs::symlink_metadata(l.agent.join("exports"))
+                .unwrap()
+                .is_symlink()
+        );
         assert_eq!(std::fs::metadata(&l.root).unwrap().mode() & 0o777, 0o750);
         assert_eq!(std::fs::metadata(&l.secrets).unwrap().mode() & 0o777, 0o700);
         s.remove(ID).await.unwrap();

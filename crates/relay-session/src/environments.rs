@@ -96,6 +96,15 @@ pub struct SandboxImage {
     pub is_default: bool,
 }
 
+/// What a probe found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Probe {
+    /// Sessions could run there now.
+    pub available: bool,
+    /// Why not.
+    pub error: Option<String>,
+}
+
 /// The environment service; cheap to clone.
 #[derive(Clone, Debug)]
 pub struct EnvironmentService {
@@ -334,6 +343,35 @@ impl EnvironmentService {
             }
         }
         Ok(config)
+    }
+
+    /// Whether an environment of `sandbox_type` with `config` could run sessions now: the
+    /// config is checked as for create (400 when it is invalid); then whether the provider
+    /// answers. A type this relay does not run is "not available", with the reason.
+    pub async fn probe(&self, sandbox_type: &str, config: &Value) -> Result<Probe, SessionError> {
+        if !SANDBOX_TYPES.contains(&sandbox_type) {
+            validate_sandbox_type(sandbox_type, self.sandbox.kind())?;
+        }
+        if sandbox_type != self.sandbox.kind() {
+            return Ok(Probe {
+                available: false,
+                error: Some(format!(
+                    "sandboxType '{sandbox_type}' is not supported by this relay; use {}",
+                    self.sandbox.kind()
+                )),
+            });
+        }
+        self.validate(sandbox_type, config).await?;
+        Ok(match self.sandbox.ping().await {
+            Ok(()) => Probe {
+                available: true,
+                error: None,
+            },
+            Err(e) => Probe {
+                available: false,
+                error: Some(e.to_string()),
+            },
+        })
     }
 
     /// Creates an environment. The first one becomes the default unless told otherwise;

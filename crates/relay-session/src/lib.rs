@@ -67,6 +67,8 @@ pub struct Session {
     pub mode: Mode,
     /// Where it is in its lifecycle.
     pub status: SessionStatus,
+    /// Why it is in that status, when the relay knows (why it failed, for `error`).
+    pub status_reason: Option<String>,
     /// The provider its sandboxes run on (`docker`).
     pub sandbox_provider: Option<String>,
     /// The provider's id of its current sandbox, once one was created.
@@ -107,6 +109,7 @@ impl From<relay_store::SessionRow> for Session {
             id: r.id,
             mode: r.mode,
             status: r.status,
+            status_reason: r.status_reason.clone(),
             sandbox_provider: r.sandbox_provider,
             sandbox_provider_id: r.sandbox_provider_id,
             environment_id: r.environment_id,

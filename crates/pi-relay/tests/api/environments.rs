@@ -368,3 +368,55 @@ async fn images_lists_the_default_image_and_local_sandbox_images_only() {
     );
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn the_probe_checks_a_config_and_says_whether_sessions_can_run_there() {
+    let app = spawn_app().await;
+    let probe = |body: Value| {
+        let app = &app;
+        async move { app.post("/api/environments/probe", &body.to_string()).await }
+    };
+    let r = probe(json!({"sandboxType": "docker", "config": {"resourceTier": "small"}})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(
+        r.body["data"],
+        json!({"available": true, "sandboxType": "docker"})
+    );
+    let r = probe(json!({"sandboxType": "gondolin", "config": {}})).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["data"]["available"], false);
+    assert_eq!(
+        r.body["data"]["error"],
+        "sandboxType 'gondolin' is not supported by this relay; use docker"
+    );
+    for (body, error) in [
+        (
+            json!({"sandboxType": "vm"}),
+            "sandboxType must be one of: docker, cloudflare, gondolin",
+        ),
+        (
+            json!({"config": {}}),
+            "sandboxType must be one of: docker, cloudflare, gondolin",
+        ),
+        (
+            json!({"sandboxType": "docker", "config": {"resourceTier": "huge"}}),
+            "config.resourceTier must be one of: small, medium, large",
+        ),
+    ] {
+        let r = probe(body.clone()).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (400, Some(error)),
+            "{body}"
+        );
+    }
+    // Gondolin's routes answer in their shape: nothing installed, nothing to install here.
+    let r = app.get("/api/environments/gondolin").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["data"]["assetsExist"], false);
+    assert_eq!(r.body["data"]["installedAssetDirs"], json!([]));
+    let r = app.post("/api/environments/gondolin/install", "{}").await;
+    assert_eq!(r.status, 501);
+    assert!(r.body["error"].as_str().unwrap().contains("not supported"));
+    app.shutdown().await;
+}

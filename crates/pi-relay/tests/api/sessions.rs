@@ -790,6 +790,12 @@ async fn sessions_left_creating_by_a_stopped_relay_are_adopted_or_failed() {
     assert_eq!(next_json(&mut ws).await["id"], "g");
     let s = second.get(&format!("/api/sessions/{gone}")).await.body["data"].clone();
     assert_eq!(s["status"], "error");
+    assert!(
+        s["statusReason"].as_str().is_some_and(|r| !r.is_empty()),
+        "an error says why: {s}"
+    );
+    let active = second.get(&format!("/api/sessions/{running}")).await.body["data"].clone();
+    assert!(active.get("statusReason").is_none(), "{active}");
     let r = second.activate(&gone, "c").await;
     assert_eq!(
         (r.status, r.body["error"].as_str()),
@@ -874,4 +880,15 @@ async fn a_sandbox_removed_while_the_relay_was_down_is_recreated_by_activate() {
         second.get(&format!("/api/sessions/{id}/logs")).await.body["data"]["lines"].to_string();
     assert!(logs.contains("the sandbox was gone"), "{logs}");
     second.shutdown().await;
+}
+
+#[tokio::test]
+async fn meta_version_names_the_relay_and_its_commit() {
+    let app = spawn_app().await;
+    let r = app.get("/api/meta/version").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["data"]["relayVersion"], env!("CARGO_PKG_VERSION"));
+    assert!(r.body["data"]["serverHash"].is_string());
+    assert!(r.body["data"]["dashboardHash"].is_string());
+    app.shutdown().await;
 }

@@ -173,19 +173,25 @@ async fn many_clients_on_one_session_all_receive_every_event() {
     let id = app.active_session().await;
     let mut clients = Vec::new();
     for i in 0..8 {
-        // Two sockets share a clientId on purpose (two tabs of one browser).
+        // Two sockets share a clientId on purpose (the pi-apps dashboard opens two per page):
+        // the newer of each pair receives, as with the pi-apps relay.
         clients.push(app.connect(&id, &format!("c{}", i / 2), 0).await.0);
     }
     send(
-        &mut clients[3],
+        &mut clients[2],
         json!({"id": "p", "type": "prompt", "message": "hello"}),
     )
     .await;
     let mut runs = Vec::new();
-    for c in clients.iter_mut() {
+    for c in clients.iter_mut().skip(1).step_by(2) {
         runs.push(until_type(c, "agent_settled").await);
     }
+    assert_eq!(runs.len(), 4);
     assert!(runs.windows(2).all(|w| w[0] == w[1]));
+    for c in clients.iter_mut().step_by(2) {
+        let quiet = tokio::time::timeout(std::time::Duration::from_millis(100), next_json(c)).await;
+        assert!(quiet.is_err(), "an older socket received {quiet:?}");
+    }
     app.shutdown().await;
 }
 
@@ -593,5 +599,34 @@ async fn a_client_that_stops_reading_during_a_replay_is_cut_off_and_can_resume()
     assert_eq!(next_json(&mut again).await["type"], "replay_start");
     let replay = until_type(&mut again, "replay_end").await;
     assert_eq!(replay.len() as u64, total - (1 + seen) + 1);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn two_sockets_of_one_client_get_each_frame_once_on_the_newest() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    // What the pi-apps dashboard does on every session page: two sockets, one client id.
+    let (mut older, _) = app.connect(&id, "page", 0).await;
+    let (mut newer, _) = app.connect(&id, "page", 0).await;
+    // A command from either socket is the client's; its replies reach the newest socket only.
+    send(
+        &mut older,
+        json!({"id": "p1", "type": "prompt", "message": "hello"}),
+    )
+    .await;
+    let replies = until_type(&mut newer, "agent_settled").await;
+    assert!(
+        replies.iter().any(|f| f["type"] == "agent_end"),
+        "{replies:?}"
+    );
+    let silent =
+        tokio::time::timeout(std::time::Duration::from_millis(300), next_json(&mut older)).await;
+    assert!(silent.is_err(), "the older socket received {silent:?}");
+    // The older closing leaves the newer as it was.
+    older.close(None).await.unwrap();
+    drop(older);
+    let again = prompt(&mut newer, "p2", "again").await;
+    assert_eq!(again.last().unwrap()["type"], "agent_settled");
     app.shutdown().await;
 }
