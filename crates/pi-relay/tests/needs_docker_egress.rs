@@ -442,3 +442,39 @@ async fn needs_docker_a_relay_killed_mid_stream_is_survived_by_pis_retry() {
     }
     relay.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_the_models_pi_offers_are_asked_of_the_real_pi() {
+    let fx = Fixture::new().await;
+    let p = provider(fx.root.path(), "true".into()).await;
+    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
+    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let app = relay.app.clone();
+    add_key(&app, "sk-models").await;
+    let r = app.get("/api/models").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["error"], Value::Null, "{}", r.body);
+    let models = r.body["data"]["models"].as_array().unwrap();
+    assert!(
+        models
+            .iter()
+            .any(|m| m["provider"] == "mock" && m["id"] == "mock-model"),
+        "{models:?}"
+    );
+    // The throwaway sandbox is gone.
+    assert!(containers_of_instance(&fx.instance).is_empty());
+    relay.terminate();
+}
+
+fn containers_of_instance(instance: &str) -> Vec<String> {
+    let out = docker_cli(&[
+        "ps",
+        "-aq",
+        "--filter",
+        &format!("label=pi-relay.instance={instance}"),
+    ]);
+    String::from_utf8_lossy(&out.stdout)
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect()
+}

@@ -10,6 +10,7 @@ mod environments;
 mod error;
 mod http;
 mod input;
+mod models;
 mod secrets;
 mod server;
 mod sessions;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/ws/sessions/{id}", get(ws::upgrade))
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
         .merge(egress::router())
+        .merge(models::router())
         .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod environments;
 mod gateway;
 mod lifecycle;
+pub mod models;
 mod observer;
 mod provision;
 pub mod reaper;

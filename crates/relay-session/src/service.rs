@@ -46,6 +46,8 @@ pub(crate) struct Inner {
     pub(crate) secrets: SecretService,
     /// The egress gateway sandboxes reach the world through.
     pub(crate) gateway: relay_gateway::Gateway,
+    /// pi's models, as last asked (`GET /api/models`).
+    pub(crate) models: tokio::sync::Mutex<crate::models::ModelsCache>,
     /// Bumped on every status change, so activate can wait without polling.
     changes: watch::Sender<u64>,
     /// One lifecycle operation per session at a time.
@@ -86,6 +88,7 @@ impl SessionService {
             cfg,
             secrets,
             gateway,
+            models: Default::default(),
             changes: watch::channel(0).0,
             locks: Mutex::default(),
             images: Mutex::default(),

@@ -16,12 +16,12 @@ use crate::SessionConfig;
 /// The parts of an environment's JSON config the session layer uses. The config was validated
 /// when it was stored (`environments::normalize_config`); a config that no longer parses counts
 /// as empty, so sessions still start, with the relay's defaults.
-#[derive(Debug, Default, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub(crate) struct EnvConfig {
     pub(crate) image: Option<String>,
     resource_tier: Option<String>,
-    network_mode: Option<String>,
+    pub(crate) network_mode: Option<String>,
     idle_timeout_seconds: Option<u64>,
     #[serde(default)]
     env_vars: Vec<EnvVar>,
@@ -30,7 +30,7 @@ pub(crate) struct EnvConfig {
     egress_allow: Vec<String>,
 }
 
-#[derive(Debug, PartialEq, Eq, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize)]
 struct EnvVar {
     key: String,
     value: String,

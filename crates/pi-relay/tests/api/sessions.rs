@@ -892,3 +892,82 @@ async fn meta_version_names_the_relay_and_its_commit() {
     assert!(r.body["data"]["dashboardHash"].is_string());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn models_are_asked_of_pi_once_and_again_when_what_they_follow_from_changes() {
+    let app = spawn_app().await;
+    let r = app.get("/api/models").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["error"], serde_json::Value::Null);
+    let data = r.body["data"].clone();
+    assert_eq!(data["source"], "fallback-environment");
+    assert!(data["environmentId"].is_string());
+    let models = data["models"].as_array().unwrap();
+    assert_eq!(models.len(), 1, "fake-pi's model: {data}");
+    assert!(models[0]["id"].is_string() && models[0]["provider"].is_string());
+    // A throwaway sandbox answered; it is gone, with its files.
+    let asked = app.fake.created_specs().len();
+    assert_eq!(asked, 1);
+    assert!(app.fake.existing().is_empty());
+    let sessions = app.state_dir().join("sessions");
+    assert_eq!(std::fs::read_dir(&sessions).map_or(0, |d| d.count()), 0);
+
+    // Kept: nothing is started for the same question.
+    assert_eq!(app.get("/api/models").await.body["data"], data);
+    assert_eq!(app.fake.created_specs().len(), asked);
+    // A new provider key changes pi's models.json: asked again. So does a refresh.
+    let body =
+        json!({"name": "k", "envVar": "ANTHROPIC_API_KEY", "kind": "ai_provider", "value": "sk"});
+    assert_eq!(
+        app.post("/api/secrets", &body.to_string()).await.status,
+        201
+    );
+    app.get("/api/models").await;
+    assert_eq!(app.fake.created_specs().len(), asked + 1);
+    let r = app.post("/api/models/refresh", "").await;
+    assert_eq!(r.body["data"], json!({"ok": true}));
+    app.get("/api/models").await;
+    assert_eq!(app.fake.created_specs().len(), asked + 2);
+    // The environment the setting names is asked first.
+    let env = app.get("/api/environments").await.body["data"][0]["id"].clone();
+    let setting = json!({"key": "models_introspection", "value": {"environmentId": env}});
+    app.put("/api/settings", &setting.to_string()).await;
+    app.post("/api/models/refresh", "").await;
+    let r = app.get("/api/models").await;
+    assert_eq!(r.body["data"]["source"], "configured-environment");
+    assert_eq!(r.body["data"]["environmentId"], env);
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn models_degrade_to_the_last_answer_and_then_to_unavailable() {
+    let app = spawn_app().await;
+    app.get("/api/models").await;
+    // The engine fails: the last answer is given, marked.
+    app.post("/api/models/refresh", "").await;
+    app.fake
+        .fail_next(relay_sandbox::fake::FakeOp::Create, "the engine is down");
+    let r = app.get("/api/models").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["data"]["source"], "fallback-cache");
+    assert_eq!(r.body["data"]["degraded"], true);
+    assert_eq!(r.body["data"]["models"].as_array().unwrap().len(), 1);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("the engine is down")),
+        "{}",
+        r.body
+    );
+    app.shutdown().await;
+
+    let app = spawn_app().await;
+    app.fake
+        .fail_next(relay_sandbox::fake::FakeOp::Create, "the engine is down");
+    let r = app.get("/api/models").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(r.body["data"]["source"], "unavailable");
+    assert_eq!(r.body["data"]["models"], json!([]));
+    assert!(r.body["error"].is_string());
+    app.shutdown().await;
+}
