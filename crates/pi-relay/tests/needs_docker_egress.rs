@@ -478,3 +478,52 @@ fn containers_of_instance(instance: &str) -> Vec<String> {
         .map(str::to_owned)
         .collect()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_exec_runs_a_command_in_the_sandbox_with_bounds() {
+    let fx = Fixture::new().await;
+    let p = provider(fx.root.path(), "true".into()).await;
+    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
+    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let app = relay.app.clone();
+    let id = app.active_session().await;
+    let sandbox = app.get(&format!("/api/sessions/{id}/sandbox")).await;
+    assert_eq!(sandbox.body["data"]["capabilities"]["exec"], true);
+    let exec = |body: Value| {
+        let (app, id) = (app.clone(), id.clone());
+        async move {
+            app.post(&format!("/api/sessions/{id}/exec"), &body.to_string())
+                .await
+        }
+    };
+    let r =
+        exec(json!({"command": "echo out; echo err >&2; pwd; id -u; echo hi > made.txt"})).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"]["exitCode"], 0);
+    let out = r.body["data"]["output"].as_str().unwrap();
+    for line in ["out", "err", "/workspace"] {
+        assert!(out.lines().any(|l| l == line), "{line} in {out:?}");
+    }
+    assert!(!out.lines().any(|l| l == "0"), "never root: {out:?}");
+    let state = std::fs::canonicalize(fx.root.path().join("state")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(state.join(format!("sessions/{id}/workspace/made.txt"))).unwrap(),
+        "hi\n"
+    );
+    let r = exec(json!({"command": "exit 3"})).await;
+    assert_eq!(r.body["data"]["exitCode"], 3);
+    let r = exec(json!({"command": "head -c 300000 /dev/zero | tr '\\0' x"})).await;
+    let out = r.body["data"]["output"].as_str().unwrap();
+    assert!(
+        out.ends_with("\n... (output truncated)"),
+        "{}",
+        &out[out.len() - 40..]
+    );
+    assert_eq!(out.len(), 256 * 1024 + "\n... (output truncated)".len());
+    let r = exec(json!({"command": "sleep 5", "timeout": 1})).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (500, Some("Exec timed out"))
+    );
+    relay.terminate();
+}

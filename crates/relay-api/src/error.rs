@@ -52,7 +52,9 @@ impl From<SessionError> for ApiError {
             | IllegalTransition(_)
             | Changed => ApiError::Client(StatusCode::CONFLICT, msg),
             Unsupported(_) => ApiError::Client(StatusCode::NOT_IMPLEMENTED, msg),
-            ProvisioningFailed => ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg),
+            ProvisioningFailed | ExecTimedOut => {
+                ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg)
+            }
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),
             SandboxUnavailable(_) => ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg),
             // A runtime that cannot be reached is worth telling the client; the rest is logged.

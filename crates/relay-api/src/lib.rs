@@ -8,6 +8,7 @@ mod egress;
 mod envelope;
 mod environments;
 mod error;
+mod exec;
 mod http;
 mod input;
 mod models;
@@ -72,6 +73,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
         .merge(egress::router())
         .merge(models::router())
+        .merge(exec::router().layer(limit(MAX_SESSION_BODY)))
         .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))

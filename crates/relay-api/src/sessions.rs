@@ -302,7 +302,7 @@ async fn sandbox(
             "losslessPause": v.capabilities.pause,
             // The workspace and pi's files outlive every sandbox of the session.
             "persistentDisk": true,
-            "exec": false,
+            "exec": v.capabilities.exec,
             "terminal": false,
         })
     });

@@ -22,6 +22,7 @@ use bollard::query_parameters::{
 };
 use futures_util::{StreamExt, TryStreamExt};
 use relay_sandbox::host::{HostLayout, HostStorage};
+mod exec;
 mod forwarder;
 
 pub use forwarder::FORWARDER_PATH;
@@ -48,6 +49,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     output_history: OutputHistory::SinceCreation,
     image_listing: true,
     egress: true,
+    exec: true,
 };
 
 /// Size of the tmpfs mounted at the sandbox user's home.
@@ -616,6 +618,14 @@ impl Sandbox for DockerSandbox {
                     .collect::<BTreeMap<_, _>>(),
             })
             .collect())
+    }
+
+    async fn exec(
+        &self,
+        id: &SandboxId,
+        request: &relay_sandbox::ExecRequest,
+    ) -> Result<relay_sandbox::ExecOutput, SandboxError> {
+        self.run_exec(id, request).await
     }
 
     async fn stdout_history(

@@ -78,6 +78,30 @@ pub struct Capabilities {
     /// Runs the relay's forwarder in a sandbox ([`SandboxSpec::egress`]), so a sandbox without a
     /// network of its own reaches the relay's egress gateway.
     pub egress: bool,
+    /// Runs a command in a running sandbox ([`Sandbox::exec`]).
+    pub exec: bool,
+}
+
+/// A command run in a sandbox by [`Sandbox::exec`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecRequest {
+    /// The program and its arguments (no shell unless it is named).
+    pub argv: Vec<String>,
+    /// Output kept; the rest is read and dropped (the command is never held up).
+    pub max_output: usize,
+    /// How long to wait for it to end; it keeps running in the sandbox after that.
+    pub timeout: Duration,
+}
+
+/// What a command run by [`Sandbox::exec`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Its exit code; `None` when it did not end within the timeout.
+    pub exit_code: Option<i64>,
+    /// stdout and stderr as they came, up to the request's `max_output`.
+    pub output: Bytes,
+    /// Output was dropped past `max_output`.
+    pub truncated: bool,
 }
 
 /// How much of what a sandbox printed its provider keeps, for recovering output printed while
@@ -484,6 +508,20 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
     /// (for a sandbox that is not running: its last run), as a finite stream. Used to recover
     /// output printed while the relay was not attached.
     async fn stdout_history(&self, id: &SandboxId) -> Result<OutputStream, SandboxError>;
+    /// Runs a command in a running sandbox, as its user, in `/workspace`, with the sandbox's
+    /// configured environment (not the secrets its entrypoint exported); only with
+    /// [`Capabilities::exec`].
+    async fn exec(
+        &self,
+        id: &SandboxId,
+        request: &ExecRequest,
+    ) -> Result<ExecOutput, SandboxError> {
+        let _ = (id, request);
+        Err(SandboxError::Unsupported {
+            provider: self.kind(),
+            operation: "exec",
+        })
+    }
 }
 
 /// Default stop grace period, after which the runtime kills the process.

@@ -9,6 +9,7 @@ pub mod crypto;
 mod delivery;
 pub mod egress;
 pub mod environments;
+pub mod exec;
 mod gateway;
 mod lifecycle;
 pub mod models;
@@ -291,6 +292,9 @@ pub enum SessionError {
     /// A stored secret does not decrypt (the database was changed outside the relay).
     #[error("secrets vault: {0}")]
     Crypto(String),
+    /// A command run in a sandbox did not end in time (it keeps running there).
+    #[error("Exec timed out")]
+    ExecTimedOut,
 }
 
 /// Why a WebSocket may not connect, with the protocol's close code and reason.

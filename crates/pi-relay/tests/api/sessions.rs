@@ -971,3 +971,42 @@ async fn models_degrade_to_the_last_answer_and_then_to_unavailable() {
     assert!(r.body["error"].is_string());
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn exec_checks_its_request_and_says_when_the_provider_cannot() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let path = format!("/api/sessions/{id}/exec");
+    for (body, status, error) in [
+        ("{", 400, "Invalid JSON body"),
+        ("{}", 400, "command is required"),
+        (
+            r#"{"command":"ls","timeout":"x"}"#,
+            400,
+            "timeout must be a number of seconds",
+        ),
+        // The fake runs nothing but fake-pi.
+        (
+            r#"{"command":"ls"}"#,
+            409,
+            "Exec not supported by this sandbox provider",
+        ),
+    ] {
+        let r = app.post(&path, body).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (status, Some(error)),
+            "{body}"
+        );
+    }
+    let r = app
+        .post(
+            "/api/sessions/00000000-0000-4000-8000-000000000000/exec",
+            r#"{"command":"ls"}"#,
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    let sandbox = app.get(&format!("/api/sessions/{id}/sandbox")).await;
+    assert_eq!(sandbox.body["data"]["capabilities"]["exec"], false);
+    app.shutdown().await;
+}

@@ -1,0 +1,56 @@
+//! `POST /api/sessions/:id/exec`: `{command, timeout?}` → `{exitCode, output}`, with the
+//! pi-apps relay's checks in its order (unknown session, no sandbox, body, provider, running).
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::Response;
+use axum::routing::post;
+use bytes::Bytes;
+use relay_session::SessionStatus;
+use relay_session::exec::exec_timeout;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::sessions::valid_id;
+use crate::{AppState, envelope, input};
+
+pub(crate) fn router() -> Router<AppState> {
+    Router::new().route("/api/sessions/{id}/exec", post(exec))
+}
+
+async fn exec(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    let session = state.sessions.get(&id).await?;
+    if session.status == SessionStatus::Archived {
+        return Err(ApiError::session_not_found());
+    }
+    if session.sandbox_provider_id.is_none() {
+        return Err(ApiError::Client(
+            axum::http::StatusCode::CONFLICT,
+            "No sandbox running".into(),
+        ));
+    }
+    let v = input::json_object(&body)?;
+    let command = match v.get("command") {
+        Some(Value::String(c)) if !c.trim().is_empty() => c.clone(),
+        _ => return Err(ApiError::bad_request("command is required")),
+    };
+    let timeout = match v.get("timeout") {
+        None | Some(Value::Null) => None,
+        Some(t) => Some(
+            t.as_f64()
+                .ok_or_else(|| ApiError::bad_request("timeout must be a number of seconds"))?,
+        ),
+    };
+    let out = state
+        .sessions
+        .exec(&id, &command, exec_timeout(timeout))
+        .await?;
+    Ok(envelope::ok(
+        json!({"exitCode": out.exit_code, "output": out.output}),
+    ))
+}
