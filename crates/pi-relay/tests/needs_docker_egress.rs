@@ -527,3 +527,45 @@ async fn needs_docker_exec_runs_a_command_in_the_sandbox_with_bounds() {
     );
     relay.terminate();
 }
+
+/// Terminal output until it holds `needle` (each message within 20 s).
+async fn output_until(ws: &mut Ws, needle: &str) -> String {
+    let mut seen = String::new();
+    while !seen.contains(needle) {
+        let m = next_json_within(ws, Duration::from_secs(20)).await;
+        assert_eq!(m["type"], "output", "{m} after {seen:?}");
+        seen.push_str(m["data"].as_str().unwrap());
+    }
+    seen
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_a_terminal_runs_a_shell_in_the_sandbox() {
+    let fx = Fixture::new().await;
+    let p = provider(fx.root.path(), "true".into()).await;
+    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
+    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let app = relay.app.clone();
+    let id = app.active_session().await;
+    let sandbox = app.get(&format!("/api/sessions/{id}/sandbox")).await;
+    assert_eq!(sandbox.body["data"]["capabilities"]["terminal"], true);
+    let mut ws = app.ws(&format!("{id}/terminal"), "cols=90&rows=20").await;
+    let input = |data: &str| json!({"type": "input", "data": data});
+    send(&mut ws, input("echo $((6*7)); pwd; stty size\n")).await;
+    let seen = output_until(&mut ws, "20 90").await;
+    assert!(seen.contains("42"), "{seen:?}");
+    assert!(seen.contains("/workspace"), "{seen:?}");
+    send(&mut ws, json!({"type": "resize", "cols": 100, "rows": 30})).await;
+    send(&mut ws, input("stty size\n")).await;
+    output_until(&mut ws, "30 100").await;
+    send(&mut ws, input("exit 7\n")).await;
+    let exit = loop {
+        let m = next_json_within(&mut ws, Duration::from_secs(20)).await;
+        if m["type"] == "exit" {
+            break m;
+        }
+    };
+    assert_eq!(exit["exitCode"], 7);
+    assert_eq!(close_code(&mut ws).await, (1000, "PTY exited".into()));
+    relay.terminate();
+}

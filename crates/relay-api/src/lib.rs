@@ -17,6 +17,7 @@ mod server;
 mod sessions;
 mod settings;
 mod stream;
+mod terminal;
 mod ws;
 
 use axum::Router;
@@ -70,6 +71,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api", get(api_index))
         .route("/api/meta/version", get(meta_version))
         .route("/ws/sessions/{id}", get(ws::upgrade))
+        .route("/ws/sessions/{id}/terminal", get(terminal::upgrade))
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
         .merge(egress::router())
         .merge(models::router())

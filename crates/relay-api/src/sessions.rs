@@ -303,7 +303,7 @@ async fn sandbox(
             // The workspace and pi's files outlive every sandbox of the session.
             "persistentDisk": true,
             "exec": v.capabilities.exec,
-            "terminal": false,
+            "terminal": v.capabilities.terminal,
         })
     });
     let mut data = json!({

@@ -50,6 +50,7 @@ pub const CAPABILITIES: Capabilities = Capabilities {
     image_listing: true,
     egress: true,
     exec: true,
+    terminal: true,
 };
 
 /// Size of the tmpfs mounted at the sandbox user's home.
@@ -626,6 +627,14 @@ impl Sandbox for DockerSandbox {
         request: &relay_sandbox::ExecRequest,
     ) -> Result<relay_sandbox::ExecOutput, SandboxError> {
         self.run_exec(id, request).await
+    }
+
+    async fn open_terminal(
+        &self,
+        id: &SandboxId,
+        size: relay_sandbox::TerminalSize,
+    ) -> Result<relay_sandbox::Terminal, SandboxError> {
+        self.run_terminal(id, size).await
     }
 
     async fn stdout_history(

@@ -71,6 +71,7 @@ pub const DOCKER_LIKE: Capabilities = Capabilities {
     egress: true,
     // Nothing runs in a fake sandbox but fake-pi: exec is the Docker tests' to check.
     exec: false,
+    terminal: false,
 };
 
 impl State {

@@ -18,9 +18,12 @@ use futures_util::stream::BoxStream;
 use secrecy::SecretString;
 use tokio::io::AsyncWrite;
 
+mod exec;
 #[cfg(feature = "fake")]
 pub mod fake;
 pub mod host;
+
+pub use exec::{ExecOutput, ExecRequest, Terminal, TerminalControl, TerminalSize};
 
 /// Label carrying the session id on every sandbox the relay creates.
 pub const LABEL_SESSION: &str = "pi-relay.session";
@@ -80,28 +83,9 @@ pub struct Capabilities {
     pub egress: bool,
     /// Runs a command in a running sandbox ([`Sandbox::exec`]).
     pub exec: bool,
-}
-
-/// A command run in a sandbox by [`Sandbox::exec`].
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecRequest {
-    /// The program and its arguments (no shell unless it is named).
-    pub argv: Vec<String>,
-    /// Output kept; the rest is read and dropped (the command is never held up).
-    pub max_output: usize,
-    /// How long to wait for it to end; it keeps running in the sandbox after that.
-    pub timeout: Duration,
-}
-
-/// What a command run by [`Sandbox::exec`] did.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct ExecOutput {
-    /// Its exit code; `None` when it did not end within the timeout.
-    pub exit_code: Option<i64>,
-    /// stdout and stderr as they came, up to the request's `max_output`.
-    pub output: Bytes,
-    /// Output was dropped past `max_output`.
-    pub truncated: bool,
+    /// Opens an interactive shell with a terminal in a running sandbox
+    /// ([`Sandbox::open_terminal`]).
+    pub terminal: bool,
 }
 
 /// How much of what a sandbox printed its provider keeps, for recovering output printed while
@@ -520,6 +504,19 @@ pub trait Sandbox: Send + Sync + fmt::Debug {
         Err(SandboxError::Unsupported {
             provider: self.kind(),
             operation: "exec",
+        })
+    }
+    /// Opens a login shell with a terminal of `size` in a running sandbox, as its user, in
+    /// `/workspace`; only with [`Capabilities::terminal`].
+    async fn open_terminal(
+        &self,
+        id: &SandboxId,
+        size: TerminalSize,
+    ) -> Result<Terminal, SandboxError> {
+        let _ = (id, size);
+        Err(SandboxError::Unsupported {
+            provider: self.kind(),
+            operation: "open a terminal",
         })
     }
 }

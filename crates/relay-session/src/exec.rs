@@ -1,10 +1,11 @@
 //! `POST /api/sessions/:id/exec`: a shell command run in a session's running sandbox, with the
-//! pi-apps relay's bounds: 30 s by default, 60 s at most, 256 KiB of output kept.
+//! pi-apps relay's bounds: 30 s by default, 60 s at most, 256 KiB of output kept. And the
+//! terminal of `/ws/sessions/:id/terminal`: a login shell in the sandbox.
 
 use std::time::Duration;
 
 use relay_model::SessionStatus;
-use relay_sandbox::{ExecRequest, SandboxId, SandboxStatus};
+use relay_sandbox::{ExecRequest, SandboxId, SandboxStatus, Terminal, TerminalSize};
 
 use crate::{SessionError, SessionService};
 
@@ -77,6 +78,62 @@ impl SessionService {
             output.push_str(TRUNCATED);
         }
         Ok(ExecResult { exit_code, output })
+    }
+}
+
+/// Why a terminal was not opened: the close code and message the protocol gives.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TerminalRefused {
+    /// WebSocket close code (4004, 4003).
+    pub code: u16,
+    /// What the client is told.
+    pub message: String,
+}
+
+impl SessionService {
+    /// Opens a login shell with a terminal of `size` in session `id`'s sandbox.
+    pub async fn open_terminal(
+        &self,
+        id: &str,
+        size: TerminalSize,
+    ) -> Result<Terminal, TerminalRefused> {
+        let refused = |code, message: &str| TerminalRefused {
+            code,
+            message: message.to_owned(),
+        };
+        let inner = &self.inner;
+        let row = match inner.store.session(id).await {
+            Ok(Some(r)) if r.status != SessionStatus::Archived => r,
+            Ok(_) => return Err(refused(4004, "Session not found")),
+            Err(e) => {
+                tracing::error!(error = %e, "session lookup failed");
+                return Err(refused(4003, "Failed to open terminal"));
+            }
+        };
+        let Some(cid) = row.sandbox_provider_id.map(SandboxId) else {
+            return Err(refused(4003, "No sandbox provisioned"));
+        };
+        if !inner.sandbox.capabilities().terminal {
+            return Err(refused(
+                4003,
+                "Terminal not supported by this sandbox provider",
+            ));
+        }
+        let running = matches!(
+            inner.sandbox.inspect(&cid).await.map(|i| i.status),
+            Ok(SandboxStatus::Running)
+        );
+        if !running {
+            return Err(refused(
+                4003,
+                "Sandbox is not running; activate the session first",
+            ));
+        }
+        inner
+            .sandbox
+            .open_terminal(&cid, size)
+            .await
+            .map_err(|e| refused(4003, &e.to_string()))
     }
 }
 

@@ -630,3 +630,27 @@ async fn two_sockets_of_one_client_get_each_frame_once_on_the_newest() {
     assert_eq!(again.last().unwrap()["type"], "agent_settled");
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_terminal_the_provider_cannot_open_is_refused_with_the_protocols_error_and_close() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let mut ws = app.ws(&format!("{id}/terminal"), "cols=80&rows=24").await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "error", "message": "Terminal not supported by this sandbox provider"})
+    );
+    assert_eq!(
+        close_code(&mut ws).await,
+        (4003, "Failed to open terminal".into())
+    );
+    let mut ws = app
+        .ws("00000000-0000-4000-8000-000000000000/terminal", "")
+        .await;
+    assert_eq!(
+        next_json(&mut ws).await,
+        json!({"type": "error", "message": "Session not found"})
+    );
+    assert_eq!(close_code(&mut ws).await.0, 4004);
+    app.shutdown().await;
+}
