@@ -569,3 +569,46 @@ async fn needs_docker_a_terminal_runs_a_shell_in_the_sandbox() {
     assert_eq!(close_code(&mut ws).await, (1000, "PTY exited".into()));
     relay.terminate();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_pis_export_and_history_are_served() {
+    let fx = Fixture::new().await;
+    let p = provider(fx.root.path(), "echo hi".into()).await;
+    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
+    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let app = relay.app.clone();
+    add_key(&app, "sk-export").await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    ready(&mut ws).await;
+    send(
+        &mut ws,
+        json!({"id": "p", "type": "prompt", "message": "say hi"}),
+    )
+    .await;
+    until_type_within(&mut ws, "agent_settled", Duration::from_secs(120)).await;
+    // What the pi-apps dashboard does: pi writes the export where the relay serves it from.
+    let path = format!("/data/agent/exports/session-{id}.html");
+    send(
+        &mut ws,
+        json!({"id": "e", "type": "export_html", "outputPath": path}),
+    )
+    .await;
+    let r = until_type_within(&mut ws, "response", Duration::from_secs(60))
+        .await
+        .pop()
+        .unwrap();
+    assert_eq!(r["success"], true, "{r}");
+    let res = reqwest::get(format!("{}/api/sessions/{id}/export", app.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(res.text().await.unwrap().contains("<html"));
+    let history = app.get(&format!("/api/sessions/{id}/history")).await;
+    let entries = history.body["data"]["entries"].as_array().unwrap();
+    assert!(
+        entries.iter().any(|e| e["type"] == "message"),
+        "pi's conversation: {entries:?}"
+    );
+    relay.terminate();
+}

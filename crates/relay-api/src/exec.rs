@@ -1,5 +1,7 @@
-//! `POST /api/sessions/:id/exec`: `{command, timeout?}` → `{exitCode, output}`, with the
-//! pi-apps relay's checks in its order (unknown session, no sandbox, body, provider, running).
+//! What a session's sandbox and pi's files give clients: `POST /api/sessions/:id/exec`
+//! (`{command, timeout?}` → `{exitCode, output}`, with the pi-apps relay's checks in its order:
+//! unknown session, no sandbox, body, provider, running), `GET …/history` (pi's conversation
+//! entries) and `GET …/export` (pi's HTML export, raw).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -15,7 +17,10 @@ use crate::sessions::valid_id;
 use crate::{AppState, envelope, input};
 
 pub(crate) fn router() -> Router<AppState> {
-    Router::new().route("/api/sessions/{id}/exec", post(exec))
+    Router::new()
+        .route("/api/sessions/{id}/exec", post(exec))
+        .route("/api/sessions/{id}/history", axum::routing::get(history))
+        .route("/api/sessions/{id}/export", axum::routing::get(export))
 }
 
 async fn exec(
@@ -53,4 +58,41 @@ async fn exec(
     Ok(envelope::ok(
         json!({"exitCode": out.exit_code, "output": out.output}),
     ))
+}
+
+/// `GET …/history`: pi's conversation entries.
+pub(crate) async fn history(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    let entries = state.sessions.history(&id).await?;
+    Ok(envelope::ok(json!({"entries": entries})))
+}
+
+/// `GET …/export`: the HTML pi's `export_html` wrote, raw.
+pub(crate) async fn export(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    use axum::response::IntoResponse;
+    valid_id(&id)?;
+    let Some(html) = state.sessions.export(&id).await? else {
+        return Err(ApiError::Client(
+            axum::http::StatusCode::NOT_FOUND,
+            "Export not found".into(),
+        ));
+    };
+    let disposition = format!("inline; filename=\"session-{id}.html\"");
+    Ok((
+        [
+            (
+                axum::http::header::CONTENT_TYPE,
+                "text/html; charset=utf-8".to_owned(),
+            ),
+            (axum::http::header::CONTENT_DISPOSITION, disposition),
+        ],
+        html,
+    )
+        .into_response())
 }

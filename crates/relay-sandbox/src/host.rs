@@ -323,21 +323,29 @@ fn is_uuid(s: &str) -> bool {
 
 /// Checks that `name` names a file at the top of a directory.
 fn top_level_name(session: &str, name: &str) -> Result<String, SandboxError> {
-    let plain = !name.is_empty()
-        && name != "."
-        && name != ".."
-        && !name.contains('/')
-        && !name.contains('\0');
-    if plain {
-        Ok(name.to_owned())
+    match agent_path(session, name)?.as_slice() {
+        [one] => Ok(one.clone()),
+        _ => Err(not_a_name(session, name)),
+    }
+}
+
+/// `name`'s components (`exports/session-1.html`), each a plain file name.
+fn agent_path(session: &str, name: &str) -> Result<Vec<String>, SandboxError> {
+    let parts: Vec<String> = name.split('/').map(str::to_owned).collect();
+    if parts.iter().all(|p| crate::beneath::is_component(p)) {
+        Ok(parts)
     } else {
-        Err(SandboxError::Storage {
-            session: session.to_owned(),
-            source: io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("{name:?} is not a file name"),
-            ),
-        })
+        Err(not_a_name(session, name))
+    }
+}
+
+fn not_a_name(session: &str, name: &str) -> SandboxError {
+    SandboxError::Storage {
+        session: session.to_owned(),
+        source: io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a file name"),
+        ),
     }
 }
 
@@ -371,37 +379,39 @@ impl SessionStorage for HostStorage {
         name: &str,
         max: u64,
     ) -> Result<Option<Bytes>, SandboxError> {
-        let name = top_level_name(session, name)?;
+        let path = agent_path(session, name)?;
         self.blocking(session, move |_, l| {
-            use std::io::Read;
-            let path = l.agent.join(&name);
-            let file = std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
-                .open(&path);
-            let file = match file {
-                Ok(f) => f,
-                // Missing, or a link (ELOOP): nothing the relay reads.
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ELOOP) =>
-                {
-                    return Ok(None);
-                }
-                Err(e) => return Err(e),
-            };
-            if !file.metadata()?.is_file() {
-                return Ok(None);
-            }
+            let parts: Vec<&str> = path.iter().map(String::as_str).collect();
+            Ok(crate::beneath::read_file(&l.agent, &parts, max)?.map(Bytes::from))
+        })
+        .await
+    }
+
+    async fn conversation_files(
+        &self,
+        session: &str,
+        max: u64,
+    ) -> Result<Vec<Bytes>, SandboxError> {
+        self.blocking(session, move |_, l| {
+            let mut found = crate::beneath::files_two_down(&l.agent, "sessions", ".jsonl")?;
+            found.sort_by_key(|(_, _, modified)| *modified);
             let mut out = Vec::new();
-            file.take(max + 1).read_to_end(&mut out)?;
-            if out.len() as u64 > max {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} is larger than {max} bytes", path.display()),
-                ));
+            let mut left = max;
+            for (dir, name, _) in found {
+                match crate::beneath::read_file(&l.agent, &["sessions", &dir, &name], left) {
+                    Ok(Some(b)) => {
+                        left -= b.len() as u64;
+                        out.push(Bytes::from(b));
+                    }
+                    Ok(None) => {}
+                    Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                        tracing::warn!(file = %name, "pi's conversation files exceed {max} bytes; the rest is left out");
+                        break;
+                    }
+                    Err(e) => return Err(e),
+                }
             }
-            Ok(Some(Bytes::from(out)))
+            Ok(out)
         })
         .await
     }
@@ -651,8 +661,11 @@ mod tests {
             .unwrap();
         assert_eq!(std::fs::read_to_string(&secret).unwrap(), "host");
 
-        for bad in ["", "..", "a/b", "../x"] {
+        for bad in ["", "..", "../x", "a//b", "/etc/passwd"] {
             assert!(s.read_agent_file(ID, bad, 1).await.is_err(), "{bad:?}");
+        }
+        assert_eq!(s.read_agent_file(ID, "a/b", 1).await.unwrap(), None);
+        for bad in ["", "..", "a/b", "../x"] {
             assert!(
                 s.replace_agent_file(ID, USER, bad, Bytes::new())
                     .await

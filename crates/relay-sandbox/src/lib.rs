@@ -18,6 +18,7 @@ use futures_util::stream::BoxStream;
 use secrecy::SecretString;
 use tokio::io::AsyncWrite;
 
+mod beneath;
 mod exec;
 #[cfg(feature = "fake")]
 pub mod fake;
@@ -407,15 +408,21 @@ pub trait SessionStorage: Send + Sync + fmt::Debug {
         user: (u32, u32),
         files: Vec<AgentFile>,
     ) -> Result<(), SandboxError>;
-    /// A file at the top of the agent directory (`models.json`), at most `max` bytes; `None`
-    /// when there is none, or when the entry is not a regular file (a link is never followed:
-    /// the directory is the sandbox's).
+    /// A file in the agent directory (`models.json`, `exports/session-1.html`: components
+    /// separated by `/`), at most `max` bytes; `None` when there is none, or when an entry on
+    /// the way is not a directory or the file not a regular file (a link is never followed: the
+    /// directory is the sandbox's).
     async fn read_agent_file(
         &self,
         session: &str,
         name: &str,
         max: u64,
     ) -> Result<Option<Bytes>, SandboxError>;
+    /// pi's conversation files (`sessions/*/*.jsonl` in the agent directory), oldest first by
+    /// modification time, at most `max` bytes together (files past that are left out); links are
+    /// never followed.
+    async fn conversation_files(&self, session: &str, max: u64)
+    -> Result<Vec<Bytes>, SandboxError>;
     /// Replaces a file at the top of the agent directory with `content`, owned by `user`,
     /// whatever entry had the name (a link is replaced, never followed). Only while no sandbox
     /// of the session runs.

@@ -11,6 +11,7 @@ pub mod egress;
 pub mod environments;
 pub mod exec;
 mod gateway;
+pub mod history;
 mod lifecycle;
 pub mod models;
 mod observer;

@@ -1010,3 +1010,63 @@ async fn exec_checks_its_request_and_says_when_the_provider_cannot() {
     assert_eq!(sandbox.body["data"]["capabilities"]["exec"], false);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn history_and_export_serve_what_pi_wrote_and_never_follow_links() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let agent = app.state_dir().join(format!("sessions/{id}/agent"));
+    let r = app.get(&format!("/api/sessions/{id}/history")).await;
+    assert_eq!(r.status, 200);
+    let before = r.body["data"]["entries"].as_array().unwrap().len();
+    let dir = agent.join("sessions/--workspace--");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join(format!("2026-01-01_{id}.jsonl")),
+        "{\"type\":\"session\",\"id\":\"s\"}\n\nbroken\n{\"type\":\"message\",\"id\":\"m\"}\n",
+    )
+    .unwrap();
+    let r = app.get(&format!("/api/sessions/{id}/history")).await;
+    let entries = r.body["data"]["entries"].as_array().unwrap().clone();
+    assert_eq!(entries.len(), before + 2, "{entries:?}");
+    assert!(entries.iter().any(|e| e["id"] == "m"));
+
+    let r = app.get(&format!("/api/sessions/{id}/export")).await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("Export not found"))
+    );
+    std::fs::write(
+        agent.join(format!("exports/session-{id}.html")),
+        "<h1>hi</h1>",
+    )
+    .unwrap();
+    let res = reqwest::get(format!("{}/api/sessions/{id}/export", app.base))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/html; charset=utf-8");
+    assert_eq!(
+        res.headers()["content-disposition"],
+        format!("inline; filename=\"session-{id}.html\"")
+    );
+    assert_eq!(res.text().await.unwrap(), "<h1>hi</h1>");
+    // What the agent links elsewhere is not read (the relay may run as root).
+    let outside = tempfile::tempdir().unwrap();
+    std::fs::write(outside.path().join("secret.jsonl"), "{\"type\":\"leak\"}\n").unwrap();
+    std::fs::write(outside.path().join(format!("session-{id}.html")), "leak").unwrap();
+    std::fs::remove_dir_all(agent.join("exports")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), agent.join("exports")).unwrap();
+    std::os::unix::fs::symlink(outside.path(), agent.join("sessions/linked")).unwrap();
+    assert_eq!(
+        app.get(&format!("/api/sessions/{id}/export")).await.status,
+        404
+    );
+    let r = app.get(&format!("/api/sessions/{id}/history")).await;
+    assert!(!r.body.to_string().contains("leak"));
+    let r = app
+        .get("/api/sessions/00000000-0000-4000-8000-000000000000/history")
+        .await;
+    assert_eq!(r.status, 404);
+    app.shutdown().await;
+}
