@@ -1,7 +1,8 @@
 //! What a session's sandbox and pi's files give clients: `POST /api/sessions/:id/exec`
 //! (`{command, timeout?}` → `{exitCode, output}`, with the pi-apps relay's checks in its order:
 //! unknown session, no sandbox, body, provider, running), `GET …/history` (pi's conversation
-//! entries) and `GET …/export` (pi's HTML export, raw).
+//! entries), `GET …/export` (pi's HTML export, raw) and share links (`POST …/share`,
+//! `GET /api/sessions/share/:token`).
 
 use axum::Router;
 use axum::extract::{Path, State};
@@ -21,6 +22,44 @@ pub(crate) fn router() -> Router<AppState> {
         .route("/api/sessions/{id}/exec", post(exec))
         .route("/api/sessions/{id}/history", axum::routing::get(history))
         .route("/api/sessions/{id}/export", axum::routing::get(export))
+        .route("/api/sessions/{id}/share", post(share))
+        .route("/api/sessions/share/{token}", axum::routing::get(shared))
+}
+
+/// `POST …/share`: the session's share link (the same on every call).
+async fn share(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    valid_id(&id)?;
+    let s = state.sessions.share(&id).await?;
+    Ok(envelope::ok(json!({
+        "token": s.token,
+        "sessionId": s.session_id,
+        "createdAt": s.created_at,
+        "url": format!("/share/{}", s.token),
+    })))
+}
+
+/// `GET /api/sessions/share/:token`: the session a link names.
+async fn shared(
+    State(state): State<AppState>,
+    Path(token): Path<String>,
+) -> Result<Response, ApiError> {
+    let found = if uuid::Uuid::parse_str(&token).is_ok() {
+        state.sessions.shared(&token).await?
+    } else {
+        None
+    };
+    let Some((session_id, name)) = found else {
+        return Err(ApiError::Client(
+            axum::http::StatusCode::NOT_FOUND,
+            "Share not found".into(),
+        ));
+    };
+    Ok(envelope::ok(
+        json!({"token": token, "sessionId": session_id, "sessionName": name}),
+    ))
 }
 
 async fn exec(

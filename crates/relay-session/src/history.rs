@@ -1,6 +1,7 @@
 //! What pi wrote in a session's agent directory, served to clients: its conversation files
 //! (`GET …/history`, the entries of its JSONL files) and its HTML export (`GET …/export`, the
-//! file pi's `export_html` wrote). Read without following links the agent may have planted.
+//! file pi's `export_html` wrote), read without following links the agent may have planted; and
+//! share links naming a session.
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -49,6 +50,47 @@ impl SessionService {
             .storage()
             .read_agent_file(id, &export_path(id), MAX_EXPORT_BYTES)
             .await?)
+    }
+}
+
+/// A session's share link.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Share {
+    /// The token (a random UUID).
+    pub token: String,
+    /// The session.
+    pub session_id: String,
+    /// When the link was made.
+    pub created_at: String,
+}
+
+impl SessionService {
+    /// Session `id`'s share link, made on first request and the same afterwards.
+    pub async fn share(&self, id: &str) -> Result<Share, SessionError> {
+        let token = uuid::Uuid::new_v4().to_string();
+        let (token, created_at) = self
+            .inner
+            .store
+            .share(id, &token, &relay_hub::timestamp())
+            .await?
+            .ok_or(SessionError::NotFound)?;
+        Ok(Share {
+            token,
+            session_id: id.to_owned(),
+            created_at,
+        })
+    }
+
+    /// The session a share token names, with its name; `None` for an unknown token.
+    pub async fn shared(
+        &self,
+        token: &str,
+    ) -> Result<Option<(String, Option<String>)>, SessionError> {
+        let Some(id) = self.inner.store.shared_session(token).await? else {
+            return Ok(None);
+        };
+        let session = self.get(&id).await?;
+        Ok(Some((id, session.name)))
     }
 }
 

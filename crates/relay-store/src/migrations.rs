@@ -23,6 +23,7 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "0004_journal_keys",
         include_str!("../migrations/0004_journal_keys.sql"),
     ),
+    ("0005_shares", include_str!("../migrations/0005_shares.sql")),
 ];
 
 /// Applies every migration newer than the database's `user_version`.

@@ -1,6 +1,7 @@
 //! SQL of relay settings and of environment changes: key/value settings (JSON text), and
 //! environment updates and deletes that check, in the same transaction, the rules that keep
-//! sessions valid (one default environment; no environment deleted under a live session).
+//! sessions valid (one default environment; no environment deleted under a live session). And
+//! sessions' share links.
 
 use rusqlite::{OptionalExtension, params};
 
@@ -45,6 +46,53 @@ impl Store {
                 params![key, value, now],
             )?;
             Ok(())
+        })
+        .await
+    }
+
+    /// Session `session`'s share link `(token, created_at)`, made with `token` and `now` if it
+    /// has none; `None` when the session does not exist.
+    pub async fn share(
+        &self,
+        session: &str,
+        token: &str,
+        now: &str,
+    ) -> Result<Option<(String, String)>, StoreError> {
+        let (session, token, now) = (session.to_owned(), token.to_owned(), now.to_owned());
+        self.write(move |tx| {
+            let exists: bool = tx
+                .query_row("SELECT 1 FROM sessions WHERE id = ?1", [&session], |_| {
+                    Ok(())
+                })
+                .optional()?
+                .is_some();
+            if !exists {
+                return Ok(None);
+            }
+            tx.execute(
+                "INSERT INTO session_shares (token, session_id, created_at) VALUES (?1, ?2, ?3) \
+                 ON CONFLICT (session_id) DO NOTHING",
+                params![token, session, now],
+            )?;
+            Ok(Some(tx.query_row(
+                "SELECT token, created_at FROM session_shares WHERE session_id = ?1",
+                [&session],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?))
+        })
+        .await
+    }
+
+    /// The session a share token names.
+    pub async fn shared_session(&self, token: &str) -> Result<Option<String>, StoreError> {
+        let token = token.to_owned();
+        self.read(move |c| {
+            Ok(c.query_row(
+                "SELECT session_id FROM session_shares WHERE token = ?1",
+                [token],
+                |r| r.get(0),
+            )
+            .optional()?)
         })
         .await
     }

@@ -1070,3 +1070,45 @@ async fn history_and_export_serve_what_pi_wrote_and_never_follow_links() {
     assert_eq!(r.status, 404);
     app.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_share_link_is_made_once_names_its_session_and_goes_with_it() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let r = app.post(&format!("/api/sessions/{id}/share"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let share = r.body["data"].clone();
+    let token = share["token"].as_str().unwrap().to_owned();
+    assert_eq!(share["sessionId"], id);
+    assert_eq!(share["url"], format!("/share/{token}"));
+    assert!(share["createdAt"].is_string());
+    let again = app.post(&format!("/api/sessions/{id}/share"), "").await;
+    assert_eq!(again.body["data"], share, "the same link");
+    let r = app.get(&format!("/api/sessions/share/{token}")).await;
+    assert_eq!(r.body["data"]["sessionId"], id);
+    assert_eq!(r.body["data"]["token"], token);
+    assert!(r.body["data"].get("sessionName").is_some());
+    for bad in ["nope", "00000000-0000-4000-8000-000000000000"] {
+        let r = app.get(&format!("/api/sessions/share/{bad}")).await;
+        assert_eq!(
+            (r.status, r.body["error"].as_str()),
+            (404, Some("Share not found"))
+        );
+    }
+    let r = app
+        .post(
+            "/api/sessions/00000000-0000-4000-8000-000000000000/share",
+            "",
+        )
+        .await;
+    assert_eq!(r.status, 404);
+    app.delete(&format!("/api/sessions/{id}")).await;
+    eventually(|| async {
+        app.get(&format!("/api/sessions/share/{token}"))
+            .await
+            .status
+            == 404
+    })
+    .await;
+    app.shutdown().await;
+}
