@@ -95,6 +95,15 @@ async fn provider(root: &Path, tool_command: String) -> Provider {
     Provider { llm, flags }
 }
 
+/// A fixture, the mock provider (its model's tool runs `tool_command`) and a relay using it.
+async fn relay_with_provider(tool_command: &str) -> (Fixture, Provider, RelayProcess) {
+    let fx = Fixture::new().await;
+    let p = provider(fx.root.path(), tool_command.into()).await;
+    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
+    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    (fx, p, relay)
+}
+
 async fn add_key(app: &TestApp, key: &str) {
     let body =
         json!({"name": "Mock LLM", "envVar": "MOCK_LLM_KEY", "kind": "ai_provider", "value": key});
@@ -445,10 +454,7 @@ async fn needs_docker_a_relay_killed_mid_stream_is_survived_by_pis_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_the_models_pi_offers_are_asked_of_the_real_pi() {
-    let fx = Fixture::new().await;
-    let p = provider(fx.root.path(), "true".into()).await;
-    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
-    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let (fx, _provider, relay) = relay_with_provider("true").await;
     let app = relay.app.clone();
     add_key(&app, "sk-models").await;
     let r = app.get("/api/models").await;
@@ -481,10 +487,7 @@ fn containers_of_instance(instance: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_exec_runs_a_command_in_the_sandbox_with_bounds() {
-    let fx = Fixture::new().await;
-    let p = provider(fx.root.path(), "true".into()).await;
-    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
-    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let (fx, _provider, relay) = relay_with_provider("true").await;
     let app = relay.app.clone();
     let id = app.active_session().await;
     let sandbox = app.get(&format!("/api/sessions/{id}/sandbox")).await;
@@ -541,10 +544,7 @@ async fn output_until(ws: &mut Ws, needle: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_a_terminal_runs_a_shell_in_the_sandbox() {
-    let fx = Fixture::new().await;
-    let p = provider(fx.root.path(), "true".into()).await;
-    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
-    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let (_fx, _provider, relay) = relay_with_provider("true").await;
     let app = relay.app.clone();
     let id = app.active_session().await;
     let sandbox = app.get(&format!("/api/sessions/{id}/sandbox")).await;
@@ -572,10 +572,7 @@ async fn needs_docker_a_terminal_runs_a_shell_in_the_sandbox() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn needs_docker_pis_export_and_history_are_served() {
-    let fx = Fixture::new().await;
-    let p = provider(fx.root.path(), "echo hi".into()).await;
-    let flags: Vec<&str> = p.flags.iter().map(String::as_str).collect();
-    let relay = spawn_relay_on(fx.root.path(), &fx.instance, &image(), &flags).await;
+    let (_fx, _provider, relay) = relay_with_provider("echo hi").await;
     let app = relay.app.clone();
     add_key(&app, "sk-export").await;
     let id = app.active_session().await;
