@@ -9,6 +9,7 @@ mod envelope;
 mod environments;
 mod error;
 mod exec;
+mod files;
 mod http;
 mod input;
 mod models;
@@ -75,6 +76,7 @@ pub fn router(state: AppState) -> Router {
         .merge(sessions::router().layer(limit(MAX_SESSION_BODY)))
         .merge(egress::router())
         .merge(models::router())
+        .merge(files::router())
         .merge(exec::router().layer(limit(MAX_SESSION_BODY)))
         .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))

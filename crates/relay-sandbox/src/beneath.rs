@@ -112,6 +112,50 @@ pub(crate) fn files_two_down(
     Ok(out)
 }
 
+/// Creates the new file `dir/name` below `root` with `bytes`, owned by `owner` when given, the
+/// directory made if missing (owned likewise); refuses links anywhere and an existing file.
+/// Returns nothing the caller did not give: the path is `dir/name`.
+pub(crate) fn create_file(
+    root: &Path,
+    dir: &str,
+    name: &str,
+    bytes: &[u8],
+    owner: Option<(u32, u32)>,
+) -> io::Result<()> {
+    use std::io::Write;
+    let top = open_dirs(root, &[])?;
+    if !is_component(dir) || !is_component(name) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "not a file name",
+        ));
+    }
+    // mkdir never follows a link at the name (EEXIST), and then the name is opened as a
+    // directory without following one.
+    match std::fs::create_dir(format!("/proc/self/fd/{}/{dir}", top.as_raw_fd())) {
+        Ok(()) => {
+            let d = open_in(&top, dir, true)?;
+            if let Some((uid, gid)) = owner {
+                std::os::unix::fs::fchown(&d, Some(uid), Some(gid))?;
+            }
+        }
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(e),
+    }
+    let d = open_in(&top, dir, true)?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(format!("/proc/self/fd/{}/{name}", d.as_raw_fd()))?;
+    if let Some((uid, gid)) = owner {
+        std::os::unix::fs::fchown(&f, Some(uid), Some(gid))?;
+    }
+    f.write_all(bytes)?;
+    f.sync_all()
+}
+
 /// The names in an opened directory.
 fn entries(dir: &File) -> io::Result<Vec<String>> {
     let mut out = Vec::new();
@@ -162,6 +206,22 @@ mod tests {
             None
         );
         assert!(read_file(root.path(), &["..", "x"], 100).is_err());
+    }
+
+    #[test]
+    fn a_new_file_is_created_in_a_new_or_real_directory_never_through_a_link() {
+        let root = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        create_file(root.path(), "up", "a.txt", b"A", None).unwrap();
+        assert_eq!(std::fs::read(root.path().join("up/a.txt")).unwrap(), b"A");
+        create_file(root.path(), "up", "b.txt", b"B", None).unwrap();
+        assert!(create_file(root.path(), "up", "a.txt", b"again", None).is_err());
+        std::os::unix::fs::symlink(outside.path(), root.path().join("linked")).unwrap();
+        assert!(create_file(root.path(), "linked", "x", b"x", None).is_err());
+        std::os::unix::fs::symlink(outside.path().join("target"), root.path().join("up/c.txt"))
+            .unwrap();
+        assert!(create_file(root.path(), "up", "c.txt", b"x", None).is_err());
+        assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub struct HostLayout {
     pub secrets: PathBuf,
     /// `<stateDir>/egress/<id>` → `/run/egress` (read-only): the session's egress socket
     pub egress: PathBuf,
+    /// `<stateDir>/uploads/<id>`: files clients uploaded (no sandbox sees it)
+    pub uploads: PathBuf,
 }
 
 impl HostLayout {
@@ -43,6 +45,7 @@ impl HostLayout {
             generated: root.join("sandbox"),
             secrets: state_dir.join(format!("pi-secrets-{id}")),
             egress: state_dir.join("egress").join(id),
+            uploads: state_dir.join("uploads").join(id),
             root,
         }
     }
@@ -294,6 +297,7 @@ impl HostStorage {
         };
         let mut files = ids(&self.state_dir.join("sessions"), "")?;
         files.extend(ids(&self.state_dir.join("egress"), "")?);
+        files.extend(ids(&self.state_dir.join("uploads"), "")?);
         files.sort();
         files.dedup();
         let secrets = ids(&self.state_dir, "pi-secrets-")?;
@@ -472,7 +476,64 @@ impl SessionStorage for HostStorage {
         self.blocking(session, |_, l| {
             remove_dir_if_exists(&l.secrets)?;
             remove_dir_if_exists(&l.egress)?;
+            remove_dir_if_exists(&l.uploads)?;
             remove_dir_if_exists(&l.root)
+        })
+        .await
+    }
+
+    async fn save_upload(
+        &self,
+        session: &str,
+        file_id: &str,
+        bytes: Bytes,
+    ) -> Result<(), SandboxError> {
+        let name = top_level_name(session, file_id)?;
+        self.blocking(session, move |s, l| {
+            use std::os::unix::fs::DirBuilderExt;
+            let parent = s.state_dir.join("uploads");
+            for dir in [&parent, &l.uploads] {
+                std::fs::DirBuilder::new()
+                    .recursive(true)
+                    .mode(0o700)
+                    .create(dir)?;
+            }
+            std::fs::write(l.uploads.join(name), &bytes)
+        })
+        .await
+    }
+
+    async fn read_upload(
+        &self,
+        session: &str,
+        file_id: &str,
+    ) -> Result<Option<Bytes>, SandboxError> {
+        let name = top_level_name(session, file_id)?;
+        self.blocking(session, move |_, l| {
+            match std::fs::read(l.uploads.join(name)) {
+                Ok(b) => Ok(Some(Bytes::from(b))),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+                Err(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    async fn add_workspace_file(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        dir: &str,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<(), SandboxError> {
+        let (dir, name) = (
+            top_level_name(session, dir)?,
+            top_level_name(session, name)?,
+        );
+        self.blocking(session, move |s, l| {
+            let owner = s.chown.then_some(user);
+            crate::beneath::create_file(&l.workspace, &dir, &name, &bytes, owner)
         })
         .await
     }

@@ -423,6 +423,29 @@ pub trait SessionStorage: Send + Sync + fmt::Debug {
     /// never followed.
     async fn conversation_files(&self, session: &str, max: u64)
     -> Result<Vec<Bytes>, SandboxError>;
+    /// Keeps the bytes of a file a client uploaded where no sandbox sees them.
+    async fn save_upload(
+        &self,
+        session: &str,
+        file_id: &str,
+        bytes: Bytes,
+    ) -> Result<(), SandboxError>;
+    /// The bytes of an uploaded file.
+    async fn read_upload(
+        &self,
+        session: &str,
+        file_id: &str,
+    ) -> Result<Option<Bytes>, SandboxError>;
+    /// Puts a new file `name` in the workspace directory `dir` (made if missing), owned by
+    /// `user`; a link at either name is refused, never followed.
+    async fn add_workspace_file(
+        &self,
+        session: &str,
+        user: (u32, u32),
+        dir: &str,
+        name: &str,
+        bytes: Bytes,
+    ) -> Result<(), SandboxError>;
     /// Replaces a file at the top of the agent directory with `content`, owned by `user`,
     /// whatever entry had the name (a link is replaced, never followed). Only while no sandbox
     /// of the session runs.

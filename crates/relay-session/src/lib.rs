@@ -10,6 +10,7 @@ mod delivery;
 pub mod egress;
 pub mod environments;
 pub mod exec;
+pub mod files;
 mod gateway;
 pub mod history;
 mod lifecycle;

@@ -6,6 +6,7 @@
 //! journal lines are committed in batches. Reads use a small pool of separate connections (WAL
 //! lets them proceed while the writer commits). Only this crate knows SQL.
 
+mod files;
 mod journal;
 mod migrations;
 mod rows;
@@ -20,6 +21,7 @@ use relay_model::{SessionStatus, Transition};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+pub use files::FileRow;
 pub use rows::{
     EnvironmentPatch, EnvironmentRow, EnvironmentWrite, EventRow, JournalEntry, KeyCheckRow,
     NewSession, ResealItem, SealedValue, SecretPatch, SecretRow, SecretWrite, SessionRow,

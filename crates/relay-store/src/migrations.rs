@@ -24,6 +24,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         include_str!("../migrations/0004_journal_keys.sql"),
     ),
     ("0005_shares", include_str!("../migrations/0005_shares.sql")),
+    (
+        "0006_session_files",
+        include_str!("../migrations/0006_session_files.sql"),
+    ),
 ];
 
 /// Applies every migration newer than the database's `user_version`.

@@ -1,7 +1,7 @@
 //! REST behaviour of sessions, health, CORS, auth.
 
 use relay_session::SessionStatus;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use crate::helpers::*;
 
@@ -898,7 +898,7 @@ async fn models_are_asked_of_pi_once_and_again_when_what_they_follow_from_change
     let app = spawn_app().await;
     let r = app.get("/api/models").await;
     assert_eq!(r.status, 200, "{}", r.body);
-    assert_eq!(r.body["error"], serde_json::Value::Null);
+    assert_eq!(r.body["error"], Value::Null);
     let data = r.body["data"].clone();
     assert_eq!(data["source"], "fallback-environment");
     assert!(data["environmentId"].is_string());
@@ -1110,5 +1110,140 @@ async fn a_share_link_is_made_once_names_its_session_and_goes_with_it() {
             == 404
     })
     .await;
+    app.shutdown().await;
+}
+
+/// A `multipart/form-data` body with one `file` field.
+fn form(name: &str, mime: &str, content: &[u8]) -> (String, Vec<u8>) {
+    let boundary = "pi-relay-test-boundary";
+    let mut body = format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
+         Content-Type: {mime}\r\n\r\n"
+    )
+    .into_bytes();
+    body.extend_from_slice(content);
+    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
+    (format!("multipart/form-data; boundary={boundary}"), body)
+}
+
+async fn upload(app: &TestApp, id: &str, name: &str, mime: &str, content: &[u8]) -> (u16, Value) {
+    let (ty, body) = form(name, mime, content);
+    let res = app
+        .http
+        .post(format!("{}/api/sessions/{id}/files", app.base))
+        .header("content-type", ty)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = res.status().as_u16();
+    (status, res.json().await.unwrap())
+}
+
+#[tokio::test]
+async fn uploads_are_checked_kept_listed_served_and_put_in_the_workspace() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (status, r) = upload(&app, &id, "../notes/plan v1.md", "text/markdown", b"# plan").await;
+    assert_eq!(status, 200, "{r}");
+    let file = r["data"].clone();
+    assert_eq!(file["name"], "plan-v1.md");
+    assert_eq!(file["size"], 6);
+    assert_eq!(file["writeDeferred"], false);
+    let fid = file["id"].as_str().unwrap().to_owned();
+    let in_sandbox = format!("/workspace/.pi-uploads/{fid}-plan-v1.md");
+    assert_eq!(file["sandboxPath"], in_sandbox);
+    let on_host = app.state_dir().join(format!(
+        "sessions/{id}/workspace/.pi-uploads/{fid}-plan-v1.md"
+    ));
+    assert_eq!(std::fs::read(&on_host).unwrap(), b"# plan");
+    // Images are kept but not put in the workspace (they travel inline in prompts).
+    let (status, r) = upload(&app, &id, "a.png", "image/png", b"\x89PNG").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["data"]["sandboxPath"], Value::Null);
+
+    let list = app.get(&format!("/api/sessions/{id}/files")).await;
+    let names: Vec<&str> = list.body["data"]["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["plan-v1.md", "a.png"]);
+    let res = app
+        .http
+        .get(format!(
+            "{}/api/sessions/{id}/files/{fid}/content",
+            app.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
+    assert_eq!(res.headers()["content-type"], "text/markdown");
+    assert_eq!(res.headers()["content-security-policy"], "sandbox");
+    assert_eq!(res.bytes().await.unwrap().as_ref(), b"# plan");
+    let r = app
+        .get(&format!("/api/sessions/{id}/files/nope/content"))
+        .await;
+    assert_eq!(
+        (r.status, r.body["error"].as_str()),
+        (404, Some("File not found"))
+    );
+
+    for (name, mime, content, error) in [
+        (
+            "x.bin",
+            "application/octet-stream",
+            &b"x"[..],
+            "unsupported file type. allowed categories: images, text/code, docs",
+        ),
+        ("e.txt", "text/plain", &b""[..], "file is empty"),
+    ] {
+        let (status, r) = upload(&app, &id, name, mime, content).await;
+        assert_eq!((status, r["error"].as_str()), (400, Some(error)), "{name}");
+    }
+    let r = app.post(&format!("/api/sessions/{id}/files"), "{}").await;
+    assert_eq!(r.status, 400);
+    // The settings bound size and count.
+    for (key, value) in [
+        ("session_file_upload_max_bytes", 4),
+        ("session_file_upload_max_files", 2),
+    ] {
+        app.put(
+            "/api/settings",
+            &json!({"key": key, "value": value}).to_string(),
+        )
+        .await;
+    }
+    let (status, r) = upload(&app, &id, "big.txt", "text/plain", b"12345").await;
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (400, Some("file too large (max 4 bytes)"))
+    );
+    let (status, r) = upload(&app, &id, "c.txt", "text/plain", b"123").await;
+    assert_eq!(
+        (status, r["error"].as_str()),
+        (400, Some("session file quota reached"))
+    );
+    // A link the agent put at the uploads directory is not followed.
+    let outside = tempfile::tempdir().unwrap();
+    let uploads = app
+        .state_dir()
+        .join(format!("sessions/{id}/workspace/.pi-uploads"));
+    std::fs::remove_dir_all(&uploads).unwrap();
+    std::os::unix::fs::symlink(outside.path(), &uploads).unwrap();
+    app.put(
+        "/api/settings",
+        &json!({"key": "session_file_upload_max_files", "value": 10}).to_string(),
+    )
+    .await;
+    let (status, r) = upload(&app, &id, "d.txt", "text/plain", b"123").await;
+    assert_eq!(status, 200, "{r}");
+    assert_eq!(r["data"]["writeDeferred"], true);
+    assert!(std::fs::read_dir(outside.path()).unwrap().next().is_none());
+    // Deleting the session deletes its files.
+    app.delete(&format!("/api/sessions/{id}")).await;
+    eventually(|| async { !app.state_dir().join(format!("uploads/{id}")).exists() }).await;
     app.shutdown().await;
 }
