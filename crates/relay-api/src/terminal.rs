@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path, Query, State};
 use axum::response::Response;
 use futures_util::StreamExt;
@@ -57,15 +57,6 @@ async fn send(socket: &mut WebSocket, value: serde_json::Value) -> bool {
         .is_ok()
 }
 
-async fn close(socket: &mut WebSocket, code: u16, reason: &str) {
-    let _ = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        })))
-        .await;
-}
-
 async fn run(mut socket: WebSocket, state: AppState, id: String, size: TerminalSize) {
     if crate::sessions::valid_id(&id).is_err() {
         send(
@@ -73,7 +64,7 @@ async fn run(mut socket: WebSocket, state: AppState, id: String, size: TerminalS
             json!({"type": "error", "message": "Session not found"}),
         )
         .await;
-        return close(&mut socket, 4004, "Session not found").await;
+        return crate::ws::close(socket, 4004, "Session not found").await;
     }
     let terminal = match state.sessions.open_terminal(&id, size).await {
         Ok(t) => t,
@@ -84,7 +75,7 @@ async fn run(mut socket: WebSocket, state: AppState, id: String, size: TerminalS
             } else {
                 "Failed to open terminal"
             };
-            return close(&mut socket, r.code, reason).await;
+            return crate::ws::close(socket, r.code, reason).await;
         }
     };
     let cancel = state.sessions.cancel_token().clone();
@@ -135,7 +126,7 @@ async fn serve(
                 Some(Ok(_)) => {}
             },
             () = cancel.cancelled() => {
-                return close(&mut socket, 1001, "Relay shutting down").await;
+                return crate::ws::close(socket, 1001, "Relay shutting down").await;
             }
         }
     }
@@ -156,7 +147,7 @@ async fn serve(
         send(&mut socket, json!({"type": "output", "data": rest})).await;
     }
     send(&mut socket, json!({"type": "exit", "exitCode": exit_code})).await;
-    close(&mut socket, 1000, "PTY exited").await;
+    crate::ws::close(socket, 1000, "PTY exited").await;
 }
 
 /// Writes a client's keystrokes to the shell; false once the shell's side is gone.

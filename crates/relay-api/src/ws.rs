@@ -39,7 +39,8 @@ pub(crate) async fn upgrade(
         .on_upgrade(move |socket| run(socket, state, id, client_id, last_seq))
 }
 
-async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+/// Sends a close frame with `code` and `reason` (the socket's end).
+pub(crate) async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     let _ = socket
         .send(Message::Close(Some(CloseFrame {
             code,

@@ -106,8 +106,8 @@ impl SessionService {
         }
         // Fresh secrets for a sandbox that starts now, and for the next start of one that
         // runs (its entrypoint read them when it started).
-        inner.deliver_secrets(id).await?;
         let env = EnvConfig::parse(&inner.environment_of(&row).await?.config);
+        inner.deliver_secrets(id, &env).await?;
         inner.open_gateway(id, &env)?;
         let info = match inner.sandbox.inspect(cid).await {
             Ok(info) => info,

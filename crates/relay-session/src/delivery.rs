@@ -12,31 +12,37 @@ impl SessionService {
     /// Creates a secret and delivers it to live sessions.
     pub async fn create_secret(&self, new: NewSecret) -> Result<SecretInfo, SessionError> {
         let info = self.inner.secrets.create(new).await?;
-        self.refresh_secret_files().await;
+        self.secrets_changed().await;
         Ok(info)
     }
 
     /// Changes a secret and brings live sessions' secrets up to date.
     pub async fn update_secret(&self, id: &str, change: SecretChange) -> Result<(), SessionError> {
         self.inner.secrets.update(id, change).await?;
-        self.refresh_secret_files().await;
+        self.secrets_changed().await;
         Ok(())
     }
 
     /// Deletes a secret and removes it from live sessions' secrets.
     pub async fn delete_secret(&self, id: &str) -> Result<(), SessionError> {
         self.inner.secrets.delete(id).await?;
-        self.refresh_secret_files().await;
+        self.secrets_changed().await;
         Ok(())
     }
 
-    /// Brings the secrets of all sessions that may start a sandbox up to date (also at startup:
-    /// secrets may have been deleted with `pi-relay secrets forget` while the relay was down),
-    /// and the providers the gateway serves with their keys. Failures are logged.
-    pub async fn refresh_secret_files(&self) {
+    /// After a secret changed: the providers the gateway serves (their keys, the domain-bound
+    /// secrets) and every live session's secrets directory. Failures are logged.
+    async fn secrets_changed(&self) {
         if let Err(e) = self.refresh_providers().await {
             tracing::warn!(error = %e, "cannot refresh the gateway's providers");
         }
+        self.refresh_secret_files().await;
+    }
+
+    /// Brings the secrets of all sessions that may start a sandbox up to date (also at startup:
+    /// secrets may have been deleted with `pi-relay secrets forget` while the relay was down).
+    /// Failures are logged.
+    pub async fn refresh_secret_files(&self) {
         let inner = &self.inner;
         let rows = match inner.store.sessions(None).await {
             Ok(r) => r,
@@ -60,7 +66,14 @@ impl SessionService {
             }
             // Read under the lock: of two concurrent refreshes, the last to write has the
             // newest secrets.
-            if let Err(e) = inner.deliver_secrets(&row.id).await {
+            let delivered = match inner.environment_of(&row).await {
+                Ok(env) => {
+                    let env = crate::spec::EnvConfig::parse(&env.config);
+                    inner.deliver_secrets(&row.id, &env).await
+                }
+                Err(e) => Err(e),
+            };
+            if let Err(e) = delivered {
                 tracing::warn!(session = %row.id, error = %e, "cannot refresh secrets");
             }
         }

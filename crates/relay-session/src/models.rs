@@ -79,6 +79,8 @@ impl SessionService {
         let inner = &self.inner;
         let mut cache = inner.models.lock().await;
         let mut errors = Vec::new();
+        // The same for every environment: what a new session's pi would be given.
+        let models_json = self.introspection_models_json().await;
         for (env, source) in self.candidates().await? {
             let env_cfg = EnvConfig::parse(&env.config);
             let image = env_cfg
@@ -92,7 +94,6 @@ impl SessionService {
                     continue;
                 }
             };
-            let models_json = self.introspection_models_json().await;
             let fingerprint = format!("{image_id}\n{models_json}");
             if let Some((f, answer)) = &cache.fresh
                 && *f == fingerprint

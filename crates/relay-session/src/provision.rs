@@ -59,7 +59,7 @@ async fn try_provision(
             storage.seed_agent_files(id, user, files).await?;
         }
         inner.prepare_egress(id, &env_cfg).await?;
-        inner.deliver_secrets(id).await
+        inner.deliver_secrets(id, &env_cfg).await
     };
     // Independent, and both on the way to a running sandbox the client waits for.
     let (files, image_id) = tokio::join!(files, inner.image_id(&image));
@@ -145,14 +145,17 @@ fn collect(root: &Path, relative: &Path, out: &mut Vec<AgentFile>) -> std::io::R
 }
 
 impl Inner {
-    /// Gives the session's sandbox the secrets meant for sandboxes (and takes away those deleted
-    /// or disabled since). Called before every sandbox start, with the session locked. Model
+    /// Gives the session's sandbox (of an environment with `env`) the secrets meant for
+    /// sandboxes (and takes away those deleted or disabled since). Called before every sandbox
+    /// start, with the session locked. Model
     /// keys go in only when the sandbox has no gateway to add them (the host's network, or a
     /// provider that cannot run the forwarder): there pi calls its providers itself.
-    pub(crate) async fn deliver_secrets(&self, id: &str) -> Result<(), SessionError> {
-        let row = self.row(id).await?;
-        let env = EnvConfig::parse(&self.environment_of(&row).await?.config);
-        let direct = !self.egress_for(&env);
+    pub(crate) async fn deliver_secrets(
+        &self,
+        id: &str,
+        env: &EnvConfig,
+    ) -> Result<(), SessionError> {
+        let direct = !self.egress_for(env);
         let files = self.secrets.sandbox_files(direct).await?;
         self.sandbox
             .storage()
