@@ -20,6 +20,7 @@ use tokio_util::sync::CancellationToken;
 use crate::clock::Clock;
 use crate::lines::LineSplitter;
 use crate::protocol::{self, CommandHead, Skip};
+use crate::replay::Replay;
 use crate::{ClientPrefs, HubObserver};
 
 /// Identifies one WebSocket connection (two sockets with the same clientId are two connections).
@@ -34,11 +35,6 @@ pub const CLOSE_TOO_SLOW: u16 = 4008;
 pub const LOG_LINES: usize = 200;
 /// Lines queued for pi's stdin before senders wait.
 const STDIN_QUEUE: usize = 256;
-/// Journal lines read per replay page.
-const REPLAY_PAGE: usize = 5000;
-/// Payload bytes of one replay page at most: what a replaying client holds in the relay's memory
-/// beyond its socket's buffers.
-const REPLAY_PAGE_BYTES: usize = 1024 * 1024;
 
 /// A frame for one client.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -593,48 +589,11 @@ impl Hub {
     /// sure everything up to `upto` has been committed.
     pub async fn replay(&self, after: u64, upto: u64) -> Result<Replay, relay_store::StoreError> {
         self.store.barrier().await?;
-        Ok(Replay {
-            store: self.store.clone(),
-            session_id: self.session_id.to_string(),
+        Ok(Replay::new(
+            self.store.clone(),
+            self.session_id.to_string(),
             after,
             upto,
-        })
-    }
-}
-
-/// Pages of journaled payloads for a reconnecting client.
-#[derive(Debug)]
-pub struct Replay {
-    store: Store,
-    session_id: String,
-    after: u64,
-    upto: u64,
-}
-
-impl Replay {
-    /// The next page of payloads, or `None` when done.
-    pub async fn next_page(&mut self) -> Result<Option<Vec<Bytes>>, relay_store::StoreError> {
-        if self.after >= self.upto {
-            return Ok(None);
-        }
-        let rows = self
-            .store
-            .events(
-                &self.session_id,
-                self.after,
-                self.upto,
-                REPLAY_PAGE,
-                REPLAY_PAGE_BYTES,
-            )
-            .await?;
-        let Some(last) = rows.last() else {
-            // A gap at the end (should not happen): stop rather than loop.
-            self.after = self.upto;
-            return Ok(None);
-        };
-        self.after = last.seq;
-        Ok(Some(
-            rows.into_iter().map(|r| Bytes::from(r.payload)).collect(),
         ))
     }
 }

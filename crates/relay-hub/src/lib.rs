@@ -6,6 +6,7 @@ pub mod clock;
 pub mod hub;
 pub mod lines;
 pub mod protocol;
+mod replay;
 
 use std::collections::HashMap;
 use std::fmt;
@@ -15,7 +16,8 @@ use relay_store::Store;
 use tokio_util::sync::CancellationToken;
 
 pub use clock::Clock;
-pub use hub::{ClientConn, ConnId, Hub, HubStatus, Outbound, Replay};
+pub use hub::{ClientConn, ConnId, Hub, HubStatus, Outbound};
+pub use replay::Replay;
 
 /// What a hub tells the session layer. Implementations must not block: they are called from
 /// the hub's hot path and should hand slow work to a task.

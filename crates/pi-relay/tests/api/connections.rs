@@ -278,3 +278,17 @@ async fn the_relay_holds_at_most_its_maximum_of_connections() {
     assert_eq!(app.get("/health").await.status, 200);
     app.shutdown().await;
 }
+
+/// The header timeout bounds requests, not the WebSockets they became: a session socket that is
+/// quiet for longer than it stays open and answers.
+#[tokio::test]
+async fn an_open_websocket_outlives_the_header_timeout() {
+    let app = spawn_app_with(&["--header-timeout-secs", "1"]).await;
+    let id = app.active_session().await;
+    let (mut ws, _) = app.connect(&id, "quiet", 0).await;
+    // Three header timeouts of silence on an otherwise idle relay.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    send(&mut ws, serde_json::json!({"id": "later", "type": "get_state"})).await;
+    assert_eq!(next_json(&mut ws).await["id"], "later");
+    app.shutdown().await;
+}

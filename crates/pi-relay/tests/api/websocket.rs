@@ -243,6 +243,22 @@ async fn an_oversized_frame_closes_that_socket_only() {
     app.shutdown().await;
 }
 
+/// A frame announcing a gigabyte is refused from its header: the relay answers 1009 before a
+/// byte of the payload is sent, so nothing of it is ever held in memory.
+#[tokio::test]
+async fn an_oversized_frame_is_refused_from_its_header_before_its_payload() {
+    let app = spawn_app().await;
+    let id = app.active_session().await;
+    let (mut big, _) = app.connect(&id, "big", 0).await;
+    // FIN + text, masked, 64-bit length of 1 GiB, a zero mask; no payload follows.
+    let mut header = vec![0x81, 0x80 | 127];
+    header.extend_from_slice(&(1u64 << 30).to_be_bytes());
+    header.extend_from_slice(&[0, 0, 0, 0]);
+    raw(&mut big, &header).await;
+    assert_eq!(close_code(&mut big).await, (1009, "Message too big".into()));
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn non_json_output_and_huge_lines_from_pi_are_handled() {
     let app = spawn_app().await;
