@@ -19,6 +19,7 @@
 //! TLS); `serve` accepts and dispatches; `connect` and `forward` act; `usage` counts.
 
 pub mod dial;
+pub mod fetch;
 pub mod intercept;
 pub mod policy;
 pub mod provider;
@@ -41,6 +42,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 pub use dial::{DialConfig, DialError, UpstreamProxy};
+pub use fetch::{FetchError, Fetched};
 pub use intercept::{Authority, AuthorityError, DomainSecret};
 pub use policy::{EgressMode, EgressPolicy, HostPattern};
 pub use provider::{ApiKind, ProviderRoute, Routes, Upstream};
@@ -130,6 +132,8 @@ pub(crate) struct Inner {
     client: Client<Connector, CountedBody>,
     /// For requests to hosts the sandbox chose (intercepted ones): checked like its tunnels.
     sandbox_client: Client<Connector, CountedBody>,
+    /// For the relay's own requests ([`Gateway::fetch`]).
+    fetch_client: Client<Connector, http_body_util::Empty<bytes::Bytes>>,
     routes: RwLock<Arc<Routes>>,
     domain_secrets: RwLock<Arc<Vec<DomainSecret>>>,
     authority: Option<Arc<Authority>>,
@@ -185,6 +189,10 @@ impl Inner {
         &self.sandbox_client
     }
 
+    pub(crate) fn fetch_client(&self) -> &Client<Connector, http_body_util::Empty<bytes::Bytes>> {
+        &self.fetch_client
+    }
+
     pub(crate) fn domain_secrets(&self) -> Arc<Vec<DomainSecret>> {
         self.domain_secrets
             .read()
@@ -229,6 +237,13 @@ impl Gateway {
                 })
         };
         let (client, sandbox_client) = (client_for(false), client_for(true));
+        let fetch_client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(POOL_IDLE)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(Connector {
+                dialer: dialer.clone(),
+                sandbox_target: false,
+            });
         let trust = config
             .authority
             .as_ref()
@@ -238,6 +253,7 @@ impl Gateway {
                 dialer,
                 client,
                 sandbox_client,
+                fetch_client,
                 routes: RwLock::new(Arc::new(Routes::default())),
                 domain_secrets: RwLock::new(Arc::new(Vec::new())),
                 authority: config.authority,

@@ -814,3 +814,59 @@ async fn a_domain_bound_secret_is_put_in_only_on_requests_to_its_domain() {
     );
     s.stop.cancel();
 }
+
+/// The relay's own requests (the packages catalogue) use the gateway's dialer: the operator's
+/// name mappings and CA, a bounded body, a deadline.
+#[tokio::test]
+async fn the_relays_own_fetches_use_the_mappings_and_ca_and_are_bounded() {
+    let s = setup(EgressMode::Deny, &[], Limits::default()).await;
+    let url = format!("https://llm.test:{}/v1/models", s.provider.port);
+    let got = s
+        .gateway
+        .fetch(&url, 1024, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // No key: the relay's own requests never carry a provider's.
+    assert_eq!(got.status, 401);
+    assert_eq!(&got.body[..], b"{\"error\":\"bad key\"}");
+    assert!(
+        s.provider
+            .seen()
+            .last()
+            .unwrap()
+            .headers
+            .get("authorization")
+            .is_none()
+    );
+    let err = s
+        .gateway
+        .fetch(&url, 4, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, relay_gateway::FetchError::Body { .. }),
+        "{err}"
+    );
+    for bad in ["ftp://llm.test/x", "not a url", "/relative"] {
+        let err = s
+            .gateway
+            .fetch(bad, 4, Duration::from_secs(1))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, relay_gateway::FetchError::BadUrl(_)),
+            "{bad}: {err}"
+        );
+    }
+    // A name nobody maps and the resolver cannot find is an error, not a hang.
+    let err = s
+        .gateway
+        .fetch("https://nowhere.invalid/x", 4, Duration::from_secs(10))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, relay_gateway::FetchError::Request { .. }),
+        "{err}"
+    );
+    s.stop.cancel();
+}

@@ -169,6 +169,76 @@ impl FromStr for Mode {
     }
 }
 
+/// Where an extension configuration applies: every session, the sessions of one mode, or one
+/// session. Later scopes win when a package is configured in several.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum ExtensionScope {
+    /// Every session.
+    Global,
+    /// Chat sessions.
+    Chat,
+    /// Code sessions.
+    Code,
+    /// One session.
+    Session,
+}
+
+impl ExtensionScope {
+    /// Every scope, in the order they are applied.
+    pub const ALL: [ExtensionScope; 4] = [
+        ExtensionScope::Global,
+        ExtensionScope::Chat,
+        ExtensionScope::Code,
+        ExtensionScope::Session,
+    ];
+
+    /// The protocol's (and the database's) name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExtensionScope::Global => "global",
+            ExtensionScope::Chat => "chat",
+            ExtensionScope::Code => "code",
+            ExtensionScope::Session => "session",
+        }
+    }
+
+    /// The scope of the sessions of `mode`.
+    pub fn of_mode(mode: Mode) -> ExtensionScope {
+        match mode {
+            Mode::Chat => ExtensionScope::Chat,
+            Mode::Code => ExtensionScope::Code,
+        }
+    }
+
+    /// How late the scope is applied: global, then the mode's, then the session's.
+    pub fn priority(self) -> u8 {
+        match self {
+            ExtensionScope::Global => 0,
+            ExtensionScope::Chat | ExtensionScope::Code => 1,
+            ExtensionScope::Session => 2,
+        }
+    }
+}
+
+impl fmt::Display for ExtensionScope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for ExtensionScope {
+    type Err = UnknownValue;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        ExtensionScope::ALL
+            .into_iter()
+            .find(|v| v.as_str() == s)
+            .ok_or_else(|| UnknownValue {
+                kind: "extension scope",
+                value: s.to_owned(),
+            })
+    }
+}
+
 /// A name that is none of a type's values.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("unknown {kind} {value:?}")]
@@ -271,5 +341,16 @@ mod tests {
         let e = "deleted".parse::<SessionStatus>().unwrap_err();
         assert_eq!(e.to_string(), "unknown session status \"deleted\"");
         assert!("Chat".parse::<Mode>().is_err());
+    }
+
+    #[test]
+    fn extension_scopes_round_trip_and_apply_global_then_mode_then_session() {
+        for scope in ExtensionScope::ALL {
+            assert_eq!(scope.as_str().parse::<ExtensionScope>(), Ok(scope));
+        }
+        assert!("Global".parse::<ExtensionScope>().is_err());
+        assert_eq!(ExtensionScope::of_mode(Mode::Code), ExtensionScope::Code);
+        assert!(ExtensionScope::Global.priority() < ExtensionScope::Chat.priority());
+        assert!(ExtensionScope::Code.priority() < ExtensionScope::Session.priority());
     }
 }

@@ -28,6 +28,10 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "0006_session_files",
         include_str!("../migrations/0006_session_files.sql"),
     ),
+    (
+        "0007_extension_configs",
+        include_str!("../migrations/0007_extension_configs.sql"),
+    ),
 ];
 
 /// Applies every migration newer than the database's `user_version`.

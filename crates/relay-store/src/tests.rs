@@ -8,13 +8,13 @@ use relay_model::Mode;
 
 use super::*;
 
-fn temp_store() -> (tempfile::TempDir, Store) {
+pub(crate) fn temp_store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
     let store = Store::open(&dir.path().join("relay.db")).unwrap();
     (dir, store)
 }
 
-fn new_session(id: &str) -> NewSession {
+pub(crate) fn new_session(id: &str) -> NewSession {
     NewSession {
         id: id.into(),
         mode: Mode::Chat,

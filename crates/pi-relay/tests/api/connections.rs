@@ -288,7 +288,11 @@ async fn an_open_websocket_outlives_the_header_timeout() {
     let (mut ws, _) = app.connect(&id, "quiet", 0).await;
     // Three header timeouts of silence on an otherwise idle relay.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    send(&mut ws, serde_json::json!({"id": "later", "type": "get_state"})).await;
+    send(
+        &mut ws,
+        serde_json::json!({"id": "later", "type": "get_state"}),
+    )
+    .await;
     assert_eq!(next_json(&mut ws).await["id"], "later");
     app.shutdown().await;
 }
