@@ -289,6 +289,7 @@ impl Relay {
             agent_template: args.agent_template_dir.clone(),
             activate_timeout: Duration::from_secs(args.activate_timeout_secs),
             trust_env: gateway.trust_variables(relay_sandbox::EGRESS_DIR_PATH),
+            packages: Default::default(),
         };
         let sessions = SessionService::new(
             store,

@@ -85,6 +85,7 @@ impl Raw {
             agent_template: None,
             activate_timeout: std::time::Duration::from_secs(60),
             trust_env: Vec::new(),
+            packages: Default::default(),
         };
         let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), false);
         spec.name = format!("pi-bench-{id}");

@@ -147,6 +147,7 @@ mod helpers {
                 agent_template: None,
                 activate_timeout: Duration::from_secs(60),
                 trust_env: Vec::new(),
+                packages: Default::default(),
             };
             let mut spec =
                 relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone(), false);

@@ -175,6 +175,7 @@ impl Fixture {
                     agent_template: None,
                     activate_timeout: TIMEOUT,
                     trust_env: Vec::new(),
+                    packages: Default::default(),
                 };
                 let mut spec = relay_session::sandbox_spec(
                     &cfg,

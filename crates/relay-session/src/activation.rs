@@ -141,6 +141,7 @@ impl SessionService {
             ResumePlan::Start => {
                 // Nothing of the sandbox runs: pi's model settings can be brought up to date.
                 inner.prepare_egress(id, &env).await?;
+                inner.write_extension_settings(id, row.mode).await?;
                 // `--session-id` makes the restarted pi continue the same conversation.
                 inner
                     .ensure_attached(id, cid, true)

@@ -10,12 +10,14 @@ mod delivery;
 pub mod egress;
 pub mod environments;
 pub mod exec;
+pub mod extensions;
 pub mod files;
 mod gateway;
 pub mod history;
 mod lifecycle;
 pub mod models;
 mod observer;
+pub mod packages;
 mod provision;
 pub mod reaper;
 mod reconcile;
@@ -60,6 +62,26 @@ pub struct SessionConfig {
     /// Variables that make a sandbox with the egress gateway trust the relay's CA (see
     /// `relay_gateway::Gateway::trust_variables`).
     pub trust_env: Vec<(String, String)>,
+    /// Where pi packages are looked up (the npm registry and a CDN of packages' files).
+    pub packages: PackageSources,
+}
+
+/// Where pi packages are looked up.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PackageSources {
+    /// The npm registry's base URL.
+    pub registry: String,
+    /// Base URL of a CDN serving packages' files (`<cdn>/<name>@<version>/schema.json`).
+    pub cdn: String,
+}
+
+impl Default for PackageSources {
+    fn default() -> PackageSources {
+        PackageSources {
+            registry: packages::DEFAULT_NPM_REGISTRY.to_owned(),
+            cdn: packages::DEFAULT_PACKAGE_CDN.to_owned(),
+        }
+    }
 }
 
 /// A session as clients see it.
@@ -297,6 +319,15 @@ pub enum SessionError {
     /// A command run in a sandbox did not end in time (it keeps running there).
     #[error("Exec timed out")]
     ExecTimedOut,
+    /// No extension configuration has that id.
+    #[error("Extension config not found")]
+    ExtensionConfigNotFound,
+    /// A configuration leaves fields its package's schema requires empty (their names).
+    #[error("Invalid config values")]
+    InvalidConfigValues(Vec<String>),
+    /// The npm registry gave no catalogue and none is kept.
+    #[error("Package catalog unavailable")]
+    CatalogUnavailable,
 }
 
 /// Why a WebSocket may not connect, with the protocol's close code and reason.

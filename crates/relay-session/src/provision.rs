@@ -59,6 +59,8 @@ async fn try_provision(
             storage.seed_agent_files(id, user, files).await?;
         }
         inner.prepare_egress(id, &env_cfg).await?;
+        let mode = inner.row(id).await?.mode;
+        inner.write_extension_settings(id, mode).await?;
         inner.deliver_secrets(id, &env_cfg).await
     };
     // Independent, and both on the way to a running sandbox the client waits for.

@@ -54,6 +54,8 @@ pub(crate) struct Inner {
     locks: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
     /// Image reference → pinned image id, so nothing is resolved on the hot path.
     images: Mutex<HashMap<String, String>>,
+    /// The npm registry's pi packages.
+    pub(crate) packages: crate::packages::Packages,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
 }
@@ -81,7 +83,13 @@ impl SessionService {
             cancel.clone(),
             relay_hub::Clock::default(),
         ));
+        let packages = crate::packages::Packages::new(
+            gateway.clone(),
+            &cfg.packages.registry,
+            &cfg.packages.cdn,
+        );
         let inner = Arc::new(Inner {
+            packages,
             store,
             sandbox,
             hubs,

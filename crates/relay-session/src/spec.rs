@@ -195,6 +195,7 @@ mod tests {
             agent_template: None,
             activate_timeout: Duration::from_secs(60),
             trust_env: Vec::new(),
+            packages: Default::default(),
         }
     }
 
