@@ -289,7 +289,10 @@ impl Relay {
             agent_template: args.agent_template_dir.clone(),
             activate_timeout: Duration::from_secs(args.activate_timeout_secs),
             trust_env: gateway.trust_variables(relay_sandbox::EGRESS_DIR_PATH),
-            packages: Default::default(),
+            packages: relay_session::PackageSources {
+                registry: args.npm_registry.clone(),
+                cdn: args.package_cdn.clone(),
+            },
         };
         let sessions = SessionService::new(
             store,

@@ -174,6 +174,17 @@ pub struct ServeArgs {
     #[arg(long, env = "PI_RELAY_EGRESS_CONNECT_TIMEOUT_SECS", default_value_t = 10,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub egress_connect_timeout_secs: u64,
+    /// The npm registry pi packages are looked up in (the packages catalogue and the manifests
+    /// of configured extensions), reached like every outbound connection of the relay (the
+    /// mappings, proxy and CA above). A mirror or a private registry works.
+    #[arg(long, env = "PI_RELAY_NPM_REGISTRY", default_value = relay_session::packages::DEFAULT_NPM_REGISTRY,
+          value_parser = http_url)]
+    pub npm_registry: String,
+    /// Where packages' files are read for their configuration schema
+    /// (`<url>/<name>@<version>/schema.json`).
+    #[arg(long, env = "PI_RELAY_PACKAGE_CDN", default_value = relay_session::packages::DEFAULT_PACKAGE_CDN,
+          value_parser = http_url)]
+    pub package_cdn: String,
     /// uid sandboxes run as when the relay runs as root (otherwise the relay's own uid).
     #[arg(long, env = "PI_RELAY_SANDBOX_UID", default_value_t = 1000)]
     pub sandbox_uid: u32,
@@ -361,6 +372,18 @@ impl ServeArgs {
     }
 }
 
+/// An `http://` or `https://` URL with a host.
+fn http_url(raw: &str) -> Result<String, String> {
+    let rest = raw
+        .strip_prefix("https://")
+        .or_else(|| raw.strip_prefix("http://"))
+        .ok_or_else(|| format!("{raw:?} is not an http(s) URL"))?;
+    if rest.is_empty() || rest.starts_with('/') || raw.contains(char::is_whitespace) {
+        return Err(format!("{raw:?} has no host"));
+    }
+    Ok(raw.trim_end_matches('/').to_owned())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -521,5 +544,22 @@ mod tests {
             .unwrap();
         assert_eq!(r.db_path, PathBuf::from("/d/relay.db"));
         assert_eq!(r.state_dir, PathBuf::from("/s"));
+    }
+
+    #[test]
+    fn the_npm_registry_is_an_http_url() {
+        assert_eq!(
+            http_url("https://npm.example.com/").as_deref(),
+            Ok("https://npm.example.com")
+        );
+        for bad in [
+            "npm.example.com",
+            "ftp://x",
+            "https://",
+            "https:///x",
+            "http://a b",
+        ] {
+            assert!(http_url(bad).is_err(), "{bad}");
+        }
     }
 }

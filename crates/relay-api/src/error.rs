@@ -40,10 +40,12 @@ impl From<SessionError> for ApiError {
         use SessionError::*;
         let msg = e.to_string();
         match e {
-            NotFound | EnvironmentNotFound | SecretNotFound => {
+            NotFound | EnvironmentNotFound | SecretNotFound | ExtensionConfigNotFound => {
                 ApiError::Client(StatusCode::NOT_FOUND, msg)
             }
-            NoDefaultEnvironment | Invalid(_) => ApiError::Client(StatusCode::BAD_REQUEST, msg),
+            NoDefaultEnvironment | Invalid(_) | InvalidConfigValues(_) => {
+                ApiError::Client(StatusCode::BAD_REQUEST, msg)
+            }
             Conflict(_) => ApiError::Client(StatusCode::CONFLICT, msg),
             Archived => ApiError::Client(StatusCode::GONE, msg),
             InErrorState
@@ -56,7 +58,9 @@ impl From<SessionError> for ApiError {
                 ApiError::Server(StatusCode::INTERNAL_SERVER_ERROR, msg)
             }
             ActivateTimeout => ApiError::Server(StatusCode::GATEWAY_TIMEOUT, msg),
-            SandboxUnavailable(_) => ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg),
+            SandboxUnavailable(_) | CatalogUnavailable => {
+                ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg)
+            }
             // A runtime that cannot be reached is worth telling the client; the rest is logged.
             Sandbox(relay_session::SandboxError::Unavailable { .. }) => {
                 ApiError::Server(StatusCode::SERVICE_UNAVAILABLE, msg)

@@ -9,6 +9,7 @@ mod envelope;
 mod environments;
 mod error;
 mod exec;
+mod extensions;
 mod files;
 mod http;
 mod input;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         .merge(secrets::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))
+        .merge(extensions::router().layer(limit(MAX_SETTINGS_BODY)))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(http::enveloped_errors))
         .layer(axum::middleware::from_fn_with_state(

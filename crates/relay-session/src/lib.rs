@@ -35,7 +35,7 @@ use std::path::PathBuf;
 pub use relay_gateway::usage::{HostUsage, ProviderUsage, UsageReport, Verdict};
 pub use relay_gateway::{EgressMode, EgressPolicy, Gateway};
 pub use relay_hub::{ClientConn, Hub, Outbound, Replay};
-pub use relay_model::{IllegalTransition, Mode, SessionStatus};
+pub use relay_model::{ExtensionScope, IllegalTransition, Mode, SessionStatus};
 pub use relay_sandbox::{SandboxError, SandboxStatus, Terminal, TerminalSize};
 pub use relay_store::EventRow;
 pub use service::{MAX_EVENTS_PAGE, MAX_EVENTS_PAGE_BYTES, SessionService};

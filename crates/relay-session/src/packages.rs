@@ -288,7 +288,7 @@ pub fn manifest_of(doc: &Value) -> Option<Value> {
     let latest = doc["dist-tags"]["latest"]
         .as_str()
         .filter(|v| versions.contains_key(*v))
-        .or_else(|| versions.keys().last().map(String::as_str))?;
+        .or_else(|| versions.keys().next_back().map(String::as_str))?;
     let v = &versions[latest];
     let pi = &v["pi"];
     let list = |key: &str| -> Value {

@@ -35,6 +35,7 @@
 mod agent_config;
 mod completion;
 mod handler;
+mod npm;
 mod server;
 mod teardown;
 mod tls;
@@ -43,5 +44,6 @@ pub use agent_config::{
     MODEL_ID, PROVIDER_ID, write_pi_agent_config, write_pi_agent_config_with_key,
 };
 pub use completion::Script;
+pub use npm::{FakePackage, FakeRegistry};
 pub use server::MockLlm;
 pub use teardown::block_on_own_thread;

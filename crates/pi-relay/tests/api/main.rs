@@ -4,6 +4,7 @@
 mod connections;
 mod egress;
 mod environments;
+mod extensions;
 mod helpers;
 mod limits;
 mod providers;
