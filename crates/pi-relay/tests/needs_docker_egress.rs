@@ -609,3 +609,64 @@ async fn needs_docker_pis_export_and_history_are_served() {
     );
     relay.terminate();
 }
+
+/// A package configured for every session reaches the real pi through the settings.json the
+/// relay writes before pi starts: here a local extension (no registry needed) whose command pi
+/// then offers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_configured_packages_reach_the_real_pi() {
+    let (_fx, _provider, relay) = relay_with_provider("echo hi").await;
+    let app = relay.app.clone();
+    add_key(&app, "sk-extensions").await;
+    let body = json!({"scope": "global", "package": "/workspace/hello-relay.ts", "config": {"greeting": "hi"}});
+    let r = app.post("/api/extension-configs", &body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["meta"]["manifestMissing"], true);
+    let id = app.active_session().await;
+    // The extension is written into the workspace; pi loads it at its next start.
+    let extension = "export default function (pi) { pi.registerCommand('hello-relay', { description: 'from the relay', handler: async () => {} }); }";
+    let command = format!("printf '%s\\n' \"{extension}\" > /workspace/hello-relay.ts");
+    let r = app
+        .post(
+            &format!("/api/sessions/{id}/exec"),
+            &json!({"command": command}).to_string(),
+        )
+        .await;
+    assert_eq!(r.body["data"]["exitCode"], 0, "{}", r.body);
+    let r = app.post(&format!("/api/sessions/{id}/restart"), "").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(app.activate(&id, "c").await.status, 200);
+    let (mut ws, _) = app.connect(&id, "c", 0).await;
+    ready(&mut ws).await;
+    send(&mut ws, json!({"id": "cmds", "type": "get_commands"})).await;
+    let r = loop {
+        let r = until_type_within(&mut ws, "response", Duration::from_secs(60))
+            .await
+            .pop()
+            .unwrap();
+        if r["id"] == "cmds" {
+            break r;
+        }
+    };
+    let commands = r["data"]["commands"].as_array().unwrap();
+    assert!(
+        commands
+            .iter()
+            .any(|c| c["name"] == "hello-relay" && c["source"] == "extension"),
+        "{commands:?}"
+    );
+    let settings = app
+        .post(
+            &format!("/api/sessions/{id}/exec"),
+            &json!({"command": "cat /data/agent/settings.json"}).to_string(),
+        )
+        .await;
+    let text = settings.body["data"]["output"].as_str().unwrap().to_owned();
+    let settings: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(settings["packages"], json!(["/workspace/hello-relay.ts"]));
+    assert_eq!(
+        settings["extensionConfig"]["/workspace/hello-relay.ts"],
+        json!({"greeting": "hi"})
+    );
+    relay.terminate();
+}
