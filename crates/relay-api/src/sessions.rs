@@ -179,10 +179,15 @@ async fn create(State(state): State<AppState>, body: Bytes) -> Result<Response, 
     Ok(envelope::ok(view))
 }
 
+/// How long `GET /api/sessions/:id` waits for a session being created to start. The pi-apps
+/// dashboard reads a new session once, right after creating it, and shows "Starting…" for as
+/// long as what it read says `creating`.
+const STARTING_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 async fn one(State(state): State<AppState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     valid_id(&id)?;
     Ok(envelope::ok(SessionView::from(
-        state.sessions.get(&id).await?,
+        state.sessions.get_when_started(&id, STARTING_WAIT).await?,
     )))
 }
 

@@ -250,6 +250,28 @@ impl SessionService {
         Ok(self.inner.row(id).await?.into())
     }
 
+    /// Session `id`; one still being created is answered once it has started (or failed), or
+    /// after `wait` at the latest, so a client that reads a new session once sees where it got.
+    pub async fn get_when_started(
+        &self,
+        id: &str,
+        wait: std::time::Duration,
+    ) -> Result<Session, SessionError> {
+        let inner = &self.inner;
+        let mut changes = inner.watch_changes();
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let row = inner.row(id).await?;
+            if row.status != SessionStatus::Creating {
+                return Ok(row.into());
+            }
+            match tokio::time::timeout_at(deadline, changes.changed()).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) | Err(_) => return Ok(row.into()),
+            }
+        }
+    }
+
     /// Sessions, most recently active first, optionally only those with the given statuses.
     pub async fn list(
         &self,

@@ -135,6 +135,21 @@ async fn cors_preflight_is_answered_with_204_and_permissive_headers() {
     app.shutdown().await;
 }
 
+/// The pi-apps dashboard reads a new session once, right after creating it, and shows
+/// "Starting…" for as long as what it read says `creating`: that read waits for the start.
+#[tokio::test]
+async fn a_new_session_read_right_after_creation_is_seen_started() {
+    let app = spawn_app().await;
+    let id = app.create_session().await;
+    let s = app.get(&format!("/api/sessions/{id}")).await.body["data"].clone();
+    assert_eq!(s["status"], "active", "{s}");
+    assert!(s["sandboxProviderId"].is_string(), "{s}");
+    // Lists are answered at once, whatever they hold.
+    let r = app.get("/api/sessions").await;
+    assert_eq!(r.status, 200);
+    app.shutdown().await;
+}
+
 #[tokio::test]
 async fn a_session_is_created_then_becomes_active_with_its_container() {
     let app = spawn_app().await;
