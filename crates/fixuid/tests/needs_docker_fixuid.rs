@@ -1,5 +1,5 @@
 //! fixuid in real containers of the sandbox image (`PI_RELAY_TEST_IMAGE`, default
-//! `pi-relay/sandbox-debian:1.5.2`, which `images/sandbox-debian/build.sh` builds with this
+//! `pi-relay/sandbox-debian:1.6.0`, which `images/sandbox-debian/build.sh` builds with this
 //! crate's binary installed setuid root). These tests FAIL (never skip) when no Docker engine
 //! answers. Every container carries the label `pi-relay.test=<this test's uuid>`, uses network
 //! `none`, and is removed at the end (and from a drop guard if the test panics).
@@ -27,7 +27,7 @@ const LABEL: &str = "pi-relay.test";
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 fn image() -> String {
-    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
+    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.6.0".into())
 }
 
 /// How to start one container.

@@ -142,7 +142,7 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "SANDBOX_DOCKER_IMAGE",
-        default_value = "pi-relay/sandbox-debian:1.5.2"
+        default_value = "pi-relay/sandbox-debian:1.6.0"
     )]
     pub sandbox_image: String,
     /// Docker Engine API endpoint (unix:///path, tcp://host:port) [default: local socket]

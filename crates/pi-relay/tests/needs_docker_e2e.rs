@@ -15,7 +15,7 @@ use relay_testkit::{MockLlm, Script, write_pi_agent_config};
 use serde_json::{Value, json};
 
 fn image() -> String {
-    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
+    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.6.0".into())
 }
 
 fn sandbox_uid() -> u32 {

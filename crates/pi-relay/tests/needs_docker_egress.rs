@@ -27,7 +27,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 const LLM_HOST: &str = "mock-llm.test";
 
 fn image() -> String {
-    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
+    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.6.0".into())
 }
 
 fn docker_cli(args: &[&str]) -> std::process::Output {

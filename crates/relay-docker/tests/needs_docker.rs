@@ -4,7 +4,7 @@
 //! Every test labels its containers with its own `pi-relay.instance=test-<uuid>` value, touches
 //! nothing else, and removes what it created (explicitly at the end, and from a drop guard when
 //! it panics). The image comes from `PI_RELAY_TEST_IMAGE` (default
-//! `pi-relay/sandbox-debian:1.5.2`); it must already be present, nothing is pulled.
+//! `pi-relay/sandbox-debian:1.6.0`); it must already be present, nothing is pulled.
 
 use std::os::unix::fs::MetadataExt;
 use std::time::{Duration, Instant};
@@ -49,7 +49,7 @@ mod helpers {
 
     pub(crate) fn image_ref() -> String {
         std::env::var("PI_RELAY_TEST_IMAGE")
-            .unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".to_owned())
+            .unwrap_or_else(|_| "pi-relay/sandbox-debian:1.6.0".to_owned())
     }
 
     /// The provider on the machine's engine, keeping session files in `storage`.

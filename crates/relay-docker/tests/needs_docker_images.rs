@@ -1,6 +1,6 @@
 //! The sandbox image contract (`images/README.md`, "Requirements"), checked on
 //! `sandbox-debian` in a real Docker engine through the relay's own Docker provider. The image
-//! comes from `PI_RELAY_TEST_IMAGE` (default `pi-relay/sandbox-debian:1.5.2`, which
+//! comes from `PI_RELAY_TEST_IMAGE` (default `pi-relay/sandbox-debian:1.6.0`, which
 //! `images/sandbox-debian/build.sh` builds); nothing is pulled. These tests FAIL (never skip)
 //! when no engine answers.
 //!
@@ -33,7 +33,7 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const UID: u32 = 1234;
 
 fn image() -> String {
-    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.5.2".into())
+    std::env::var("PI_RELAY_TEST_IMAGE").unwrap_or_else(|_| "pi-relay/sandbox-debian:1.6.0".into())
 }
 
 async fn within<F: std::future::Future>(what: &str, f: F) -> F::Output {

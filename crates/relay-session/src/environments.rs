@@ -147,7 +147,7 @@ pub fn normalize_config(config: &Value) -> Result<Value, SessionError> {
         Some(Value::String(s)) if !s.trim().is_empty() && !s.chars().any(char::is_whitespace) => {}
         Some(_) => {
             return Err(invalid(
-                "config.image must be an image reference such as pi-relay/sandbox-debian:1.5.2",
+                "config.image must be an image reference such as pi-relay/sandbox-debian:1.6.0",
             ));
         }
     }
@@ -524,7 +524,7 @@ mod tests {
     #[test]
     fn a_full_config_is_kept_and_env_var_keys_are_trimmed() {
         let c = normalize_config(&json!({
-            "image": "pi-relay/sandbox-debian:1.5.2",
+            "image": "pi-relay/sandbox-debian:1.6.0",
             "resourceTier": "large",
             "idleTimeoutSeconds": 600,
             "networkMode": "none",
