@@ -670,3 +670,40 @@ async fn needs_docker_configured_packages_reach_the_real_pi() {
     );
     relay.terminate();
 }
+
+/// A file a client uploads is in the real sandbox for the agent to read, as the sandbox's user;
+/// a share link names the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn needs_docker_uploads_reach_the_sandbox_and_share_links_name_the_session() {
+    let (_fx, _provider, relay) = relay_with_provider("echo hi").await;
+    let app = relay.app.clone();
+    let id = app.active_session().await;
+    let (status, body) = upload(
+        &app,
+        &id,
+        "notes.md",
+        "text/markdown",
+        b"# from the client\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let path = body["data"]["sandboxPath"].as_str().unwrap().to_owned();
+    assert!(path.starts_with("/workspace/.pi-uploads/"), "{path}");
+    let r = app
+        .post(
+            &format!("/api/sessions/{id}/exec"),
+            &json!({"command": format!("cat '{path}' && id -u && stat -c %u '{path}'")})
+                .to_string(),
+        )
+        .await;
+    assert_eq!(r.body["data"]["exitCode"], 0, "{}", r.body);
+    let out = r.body["data"]["output"].as_str().unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines[0], "# from the client", "{out}");
+    assert_eq!(lines[1], lines[2], "owned by the sandbox's user: {out}");
+    let share = app.post(&format!("/api/sessions/{id}/share"), "").await;
+    let token = share.body["data"]["token"].as_str().unwrap().to_owned();
+    let got = app.get(&format!("/api/sessions/share/{token}")).await;
+    assert_eq!(got.body["data"]["sessionId"], id.as_str());
+    relay.terminate();
+}

@@ -1128,33 +1128,6 @@ async fn a_share_link_is_made_once_names_its_session_and_goes_with_it() {
     app.shutdown().await;
 }
 
-/// A `multipart/form-data` body with one `file` field.
-fn form(name: &str, mime: &str, content: &[u8]) -> (String, Vec<u8>) {
-    let boundary = "pi-relay-test-boundary";
-    let mut body = format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"{name}\"\r\n\
-         Content-Type: {mime}\r\n\r\n"
-    )
-    .into_bytes();
-    body.extend_from_slice(content);
-    body.extend_from_slice(format!("\r\n--{boundary}--\r\n").as_bytes());
-    (format!("multipart/form-data; boundary={boundary}"), body)
-}
-
-async fn upload(app: &TestApp, id: &str, name: &str, mime: &str, content: &[u8]) -> (u16, Value) {
-    let (ty, body) = form(name, mime, content);
-    let res = app
-        .http
-        .post(format!("{}/api/sessions/{id}/files", app.base))
-        .header("content-type", ty)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    let status = res.status().as_u16();
-    (status, res.json().await.unwrap())
-}
-
 #[tokio::test]
 async fn uploads_are_checked_kept_listed_served_and_put_in_the_workspace() {
     let app = spawn_app().await;
