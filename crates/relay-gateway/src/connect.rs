@@ -101,7 +101,7 @@ fn deny(ctx: &Ctx, target: &str, reason: &str) -> Response<GatewayBody> {
 }
 
 /// An error and its causes, `: `-joined.
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+pub fn error_chain(e: &dyn std::error::Error) -> String {
     let mut out = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -41,6 +41,7 @@ use rustls_pki_types::CertificateDer;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+pub use connect::error_chain;
 pub use dial::{DialConfig, DialError, UpstreamProxy};
 pub use fetch::{FetchError, Fetched};
 pub use intercept::{Authority, AuthorityError, DomainSecret};

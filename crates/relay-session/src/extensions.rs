@@ -178,7 +178,7 @@ impl Inner {
         };
         let unchanged = current.clone();
         let (settings, applied) = merged_settings(current, &previous, &resolved);
-        if settings != unchanged || raw.is_none() && !settings.is_empty() {
+        if settings != unchanged {
             let mut text = serde_json::to_vec_pretty(&Value::Object(settings))
                 .map_err(std::io::Error::other)?;
             text.push(b'\n');
