@@ -22,6 +22,9 @@ pub const DEFAULT_NPM_REGISTRY: &str = "https://registry.npmjs.org";
 pub const DEFAULT_PACKAGE_CDN: &str = "https://unpkg.com";
 /// How long an answer is kept.
 const CACHE_FOR: Duration = Duration::from_secs(5 * 60);
+/// How long a manifest the registry could not give is taken as missing: listing configurations
+/// with the registry unreachable must not wait for it once per package and request.
+const FAILURE_KEPT_FOR: Duration = Duration::from_secs(60);
 /// Least time between two requests to the registry.
 const REQUEST_GAP: Duration = Duration::from_millis(300);
 /// Largest registry answer read (a package document lists every version).
@@ -56,12 +59,19 @@ pub struct PackageSearch {
 
 struct Kept<T> {
     value: T,
-    at: Instant,
+    until: Instant,
 }
 
 impl<T: Clone> Kept<T> {
+    fn new(value: T, for_: Duration) -> Kept<T> {
+        Kept {
+            value,
+            until: Instant::now() + for_,
+        }
+    }
+
     fn fresh(&self) -> Option<T> {
-        (self.at.elapsed() < CACHE_FOR).then(|| self.value.clone())
+        (Instant::now() < self.until).then(|| self.value.clone())
     }
 }
 
@@ -109,7 +119,7 @@ impl Packages {
             .gateway
             .fetch(url, max, REQUEST_TIMEOUT)
             .await
-            .map_err(|e| error_chain(&e))?;
+            .map_err(|e| relay_gateway::error_chain(&e))?;
         match got.status {
             200..=299 => serde_json::from_slice(&got.body)
                 .map(Some)
@@ -138,10 +148,7 @@ impl Packages {
                     fetched_at: relay_hub::timestamp(),
                     stale: false,
                 };
-                let kept = Kept {
-                    value: found.clone(),
-                    at: Instant::now(),
-                };
+                let kept = Kept::new(found.clone(), CACHE_FOR);
                 self.searches.lock().await.insert(key, kept);
                 Ok(found)
             }
@@ -198,7 +205,8 @@ impl Packages {
 
     /// The manifest of the package `reference` names (`npm:@scope/pkg@1.2.3` → `@scope/pkg`),
     /// `None` for a package the registry does not have or a reference that is not npm's (git,
-    /// URL, path). An error when the registry cannot be asked.
+    /// URL, path). An error when the registry cannot be asked; the package then counts as
+    /// missing for a minute.
     pub(crate) async fn manifest(&self, reference: &str) -> Result<Option<Value>, String> {
         let Some(name) = npm_name(reference) else {
             return Ok(None);
@@ -211,7 +219,15 @@ impl Packages {
             self.registry,
             utf8_percent_encode(&name, COMPONENT)
         );
-        let manifest = match self.get_json(&url, MAX_DOCUMENT).await? {
+        let document = match self.get_json(&url, MAX_DOCUMENT).await {
+            Ok(d) => d,
+            Err(why) => {
+                let kept = Kept::new(None, FAILURE_KEPT_FOR);
+                self.manifests.lock().await.insert(name, kept);
+                return Err(why);
+            }
+        };
+        let manifest = match document {
             None => None,
             Some(doc) => {
                 let mut m = manifest_of(&doc);
@@ -227,24 +243,10 @@ impl Packages {
                 m
             }
         };
-        let kept = Kept {
-            value: manifest.clone(),
-            at: Instant::now(),
-        };
+        let kept = Kept::new(manifest.clone(), CACHE_FOR);
         self.manifests.lock().await.insert(name, kept);
         Ok(manifest)
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        out.push_str(": ");
-        out.push_str(&s.to_string());
-        source = s.source();
-    }
-    out
 }
 
 /// The npm name in a pi package reference: `npm:` and a version or `#fragment` removed; `None`

@@ -319,3 +319,23 @@ async fn the_catalogue_lists_pi_packages_from_the_registry_and_keeps_them() {
     );
     app.shutdown().await;
 }
+
+/// With the registry unreachable, configurations are still listed (their manifests `null`), and
+/// the registry is not asked again for each package on every listing.
+#[tokio::test]
+async fn configs_are_listed_while_the_registry_is_down_without_asking_it_each_time() {
+    let npm = registry().await;
+    let app = app_with(&npm).await;
+    npm.set_down(true);
+    let body = json!({"scope": "global", "package": "npm:pi-keyed"});
+    let r = app.post("/api/extension-configs", &body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["meta"]["manifestMissing"], true);
+    for _ in 0..3 {
+        let list = app.get("/api/extension-configs?scope=global").await;
+        assert_eq!(list.body["data"][0]["manifest"], Value::Null);
+    }
+    let asked = npm.asked().into_iter().filter(|a| a == "/pi-keyed").count();
+    assert_eq!(asked, 1, "{:?}", npm.asked());
+    app.shutdown().await;
+}
