@@ -39,6 +39,7 @@ pub(crate) async fn upgrade(
         rows: dim("rows", 24),
     };
     ws.max_message_size(MAX_TERMINAL_MESSAGE)
+        .max_frame_size(MAX_TERMINAL_MESSAGE)
         .on_upgrade(move |socket| run(socket, state, id, size))
 }
 
