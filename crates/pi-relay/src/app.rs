@@ -293,6 +293,7 @@ impl Relay {
                 registry: args.npm_registry.clone(),
                 cdn: args.package_cdn.clone(),
             },
+            github_api: args.github_api.clone(),
         };
         let sessions = SessionService::new(
             store,

@@ -185,6 +185,11 @@ pub struct ServeArgs {
     #[arg(long, env = "PI_RELAY_PACKAGE_CDN", default_value = relay_session::packages::DEFAULT_PACKAGE_CDN,
           value_parser = http_url)]
     pub package_cdn: String,
+    /// GitHub's API (GitHub Enterprise: `https://<host>/api/v3`), for the token and repository
+    /// routes; reached like every outbound connection of the relay.
+    #[arg(long, env = "PI_RELAY_GITHUB_API", default_value = relay_session::github::DEFAULT_GITHUB_API,
+          value_parser = http_url)]
+    pub github_api: String,
     /// uid sandboxes run as when the relay runs as root (otherwise the relay's own uid).
     #[arg(long, env = "PI_RELAY_SANDBOX_UID", default_value_t = 1000)]
     pub sandbox_uid: u32,

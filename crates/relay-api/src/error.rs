@@ -43,10 +43,11 @@ impl From<SessionError> for ApiError {
             NotFound | EnvironmentNotFound | SecretNotFound | ExtensionConfigNotFound => {
                 ApiError::Client(StatusCode::NOT_FOUND, msg)
             }
-            NoDefaultEnvironment | Invalid(_) | InvalidConfigValues(_) => {
+            NoDefaultEnvironment | Invalid(_) | InvalidConfigValues(_) | GitHub(_) => {
                 ApiError::Client(StatusCode::BAD_REQUEST, msg)
             }
             Conflict(_) => ApiError::Client(StatusCode::CONFLICT, msg),
+            GitHubNotConfigured => ApiError::Client(StatusCode::UNAUTHORIZED, msg),
             Archived => ApiError::Client(StatusCode::GONE, msg),
             InErrorState
             | CannotRestartArchived

@@ -11,6 +11,7 @@ mod error;
 mod exec;
 mod extensions;
 mod files;
+mod github;
 mod http;
 mod input;
 mod models;
@@ -83,6 +84,7 @@ pub fn router(state: AppState) -> Router {
         .merge(environments::router().layer(limit(MAX_CONFIG_BODY)))
         .merge(settings::router().layer(limit(MAX_SETTINGS_BODY)))
         .merge(extensions::router().layer(limit(MAX_SETTINGS_BODY)))
+        .merge(github::router().layer(limit(MAX_CONFIG_BODY)))
         .fallback(http::not_found)
         .layer(axum::middleware::from_fn(http::enveloped_errors))
         .layer(axum::middleware::from_fn_with_state(

@@ -86,6 +86,7 @@ impl Raw {
             activate_timeout: std::time::Duration::from_secs(60),
             trust_env: Vec::new(),
             packages: Default::default(),
+            github_api: relay_session::github::DEFAULT_GITHUB_API.into(),
         };
         let mut spec = relay_session::sandbox_spec(&cfg, id, "{}", self.image_id.clone(), false);
         spec.name = format!("pi-bench-{id}");

@@ -148,6 +148,7 @@ mod helpers {
                 activate_timeout: Duration::from_secs(60),
                 trust_env: Vec::new(),
                 packages: Default::default(),
+                github_api: relay_session::github::DEFAULT_GITHUB_API.into(),
             };
             let mut spec =
                 relay_session::sandbox_spec(&cfg, &session, "{}", self.image_id.clone(), false);

@@ -176,6 +176,7 @@ impl Fixture {
                     activate_timeout: TIMEOUT,
                     trust_env: Vec::new(),
                     packages: Default::default(),
+                    github_api: relay_session::github::DEFAULT_GITHUB_API.into(),
                 };
                 let mut spec = relay_session::sandbox_spec(
                     &cfg,

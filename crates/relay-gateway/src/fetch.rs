@@ -15,6 +15,8 @@ use crate::Gateway;
 pub struct Fetched {
     /// Its HTTP status.
     pub status: u16,
+    /// Its headers.
+    pub headers: hyper::HeaderMap,
     /// Its body.
     pub body: Bytes,
 }
@@ -62,13 +64,25 @@ impl Gateway {
         max: usize,
         within: Duration,
     ) -> Result<Fetched, FetchError> {
+        self.fetch_with(url, &[], max, within).await
+    }
+
+    /// [`Gateway::fetch`] with more request headers (which replace the defaults of the same
+    /// name); an `authorization` value is marked sensitive.
+    pub async fn fetch_with(
+        &self,
+        url: &str,
+        headers: &[(&str, &str)],
+        max: usize,
+        within: Duration,
+    ) -> Result<Fetched, FetchError> {
         let uri: Uri = url
             .parse()
             .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(FetchError::BadUrl(url.to_owned()));
         }
-        let request = Request::get(uri)
+        let mut request = Request::get(uri)
             .header(hyper::header::ACCEPT, "application/json")
             .header(
                 hyper::header::USER_AGENT,
@@ -76,6 +90,16 @@ impl Gateway {
             )
             .body(Empty::<Bytes>::new())
             .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
+        for (name, value) in headers {
+            let name = hyper::header::HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
+            let mut value = hyper::header::HeaderValue::from_str(value)
+                .map_err(|_| FetchError::BadUrl(url.to_owned()))?;
+            if name == hyper::header::AUTHORIZATION {
+                value.set_sensitive(true);
+            }
+            request.headers_mut().insert(name, value);
+        }
         let client = self.inner.fetch_client().clone();
         let whole = async move {
             let response = client
@@ -86,7 +110,8 @@ impl Gateway {
                     source,
                 })?;
             let status = response.status().as_u16();
-            let body = Limited::new(response.into_body(), max)
+            let (parts, body) = response.into_parts();
+            let body = Limited::new(body, max)
                 .collect()
                 .await
                 .map_err(|source| FetchError::Body {
@@ -94,7 +119,11 @@ impl Gateway {
                     source,
                 })?
                 .to_bytes();
-            Ok(Fetched { status, body })
+            Ok(Fetched {
+                status,
+                headers: parts.headers,
+                body,
+            })
         };
         tokio::time::timeout(within, whole)
             .await

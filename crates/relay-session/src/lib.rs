@@ -13,6 +13,7 @@ pub mod exec;
 pub mod extensions;
 pub mod files;
 mod gateway;
+pub mod github;
 pub mod history;
 mod lifecycle;
 pub mod models;
@@ -64,6 +65,8 @@ pub struct SessionConfig {
     pub trust_env: Vec<(String, String)>,
     /// Where pi packages are looked up (the npm registry and a CDN of packages' files).
     pub packages: PackageSources,
+    /// GitHub's API base URL.
+    pub github_api: String,
 }
 
 /// Where pi packages are looked up.
@@ -328,6 +331,12 @@ pub enum SessionError {
     /// The npm registry gave no catalogue and none is kept.
     #[error("Package catalog unavailable")]
     CatalogUnavailable,
+    /// No GitHub token (or App) is configured.
+    #[error("GitHub auth not configured. Connect a GitHub App or add a Personal Access Token.")]
+    GitHubNotConfigured,
+    /// GitHub refused a token or a request, or could not be reached (the message says which).
+    #[error("{0}")]
+    GitHub(String),
 }
 
 /// Why a WebSocket may not connect, with the protocol's close code and reason.

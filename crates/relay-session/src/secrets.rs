@@ -316,6 +316,11 @@ impl SecretService {
         }
     }
 
+    /// The vault secrets are sealed with (the relay's own credentials are sealed with it too).
+    pub(crate) fn vault(&self) -> &Vault {
+        &self.vault
+    }
+
     /// Every secret, oldest first, without values.
     pub async fn list(&self) -> Result<Vec<SecretInfo>, SessionError> {
         Ok(self

@@ -196,6 +196,7 @@ mod tests {
             activate_timeout: Duration::from_secs(60),
             trust_env: Vec::new(),
             packages: Default::default(),
+            github_api: crate::github::DEFAULT_GITHUB_API.into(),
         }
     }
 

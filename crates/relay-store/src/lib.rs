@@ -6,6 +6,7 @@
 //! journal lines are committed in batches. Reads use a small pool of separate connections (WAL
 //! lets them proceed while the writer commits). Only this crate knows SQL.
 
+mod credentials;
 mod extensions;
 mod files;
 mod journal;
@@ -22,6 +23,7 @@ use relay_model::{SessionStatus, Transition};
 use rusqlite::{Connection, OptionalExtension, params};
 use tokio::sync::{mpsc, oneshot};
 
+pub use credentials::RepoRow;
 pub use extensions::{ExtensionConfigRow, Upserted};
 pub use files::FileRow;
 pub use rows::{

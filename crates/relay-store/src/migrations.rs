@@ -32,6 +32,7 @@ pub(crate) const MIGRATIONS: &[(&str, &str)] = &[
         "0007_extension_configs",
         include_str!("../migrations/0007_extension_configs.sql"),
     ),
+    ("0008_github", include_str!("../migrations/0008_github.sql")),
 ];
 
 /// Applies every migration newer than the database's `user_version`.

@@ -217,6 +217,16 @@ impl Store {
                     params![s.id, new.iv, new.ciphertext, new.tag, new.key_version],
                 )?;
             }
+            // The relay's own credentials are sealed the same way, bound to their ids.
+            let credentials = crate::credentials::all(tx)?;
+            for (id, sealed) in &credentials {
+                let new = f(&ResealItem {
+                    id: Some(id.clone()),
+                    sealed: sealed.clone(),
+                })
+                .map_err(StoreError::Aborted)?;
+                crate::credentials::update_sealed(tx, id, &new)?;
+            }
             let check: Option<(SealedValue, String)> = tx
                 .query_row(
                     "SELECT key_version, iv, ciphertext, tag, created_at \
@@ -250,11 +260,12 @@ impl Store {
         .await
     }
 
-    /// Deletes every secret and the key check (the key is lost for good and the operator
+    /// Deletes every secret, the relay's credentials and the key check (the key is lost for good and the operator
     /// starts over). Returns how many secrets were deleted.
     pub async fn forget_secrets(&self) -> Result<usize, StoreError> {
         self.write(|tx| {
             let n = tx.execute("DELETE FROM secrets", [])?;
+            tx.execute("DELETE FROM relay_credentials", [])?;
             tx.execute("DELETE FROM secrets_key_check", [])?;
             Ok(n)
         })

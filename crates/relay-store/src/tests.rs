@@ -401,7 +401,7 @@ async fn setting_a_default_environment_clears_the_previous_default() {
     assert_eq!(store.environment_count().await.unwrap(), 2);
 }
 
-fn sealed(tag: &str) -> SealedValue {
+pub(crate) fn sealed(tag: &str) -> SealedValue {
     SealedValue {
         iv: format!("iv-{tag}"),
         ciphertext: format!("ct-{tag}"),

@@ -34,6 +34,7 @@
 
 mod agent_config;
 mod completion;
+mod github;
 mod handler;
 mod npm;
 mod server;
@@ -44,6 +45,7 @@ pub use agent_config::{
     MODEL_ID, PROVIDER_ID, write_pi_agent_config, write_pi_agent_config_with_key,
 };
 pub use completion::Script;
+pub use github::FakeGitHub;
 pub use npm::{FakePackage, FakeRegistry};
 pub use server::MockLlm;
 pub use teardown::block_on_own_thread;

@@ -58,6 +58,10 @@ const ROUTES: &[(&str, &str, &str)] = &[
     ("POST", "/api/extension-configs/validation/cancel", ""),
     ("PUT", "/api/extension-configs/{id}", "{}"),
     ("DELETE", "/api/extension-configs/{id}", ""),
+    ("GET", "/api/github/token", ""),
+    ("DELETE", "/api/github/token", ""),
+    ("GET", "/api/github/app/status", ""),
+    ("DELETE", "/api/github/app/connect", ""),
 ];
 
 /// What a route naming [`NONE`] answers: status and error.
@@ -228,7 +232,7 @@ async fn unknown_routes_answer_404_in_the_envelope() {
     for (method, path) in [
         ("GET", "/api/nothing"),
         ("POST", "/api/sessions/x/y/z"),
-        ("GET", "/api/github/repos"),
+        ("GET", "/api/github/nothing"),
         ("DELETE", "/somewhere"),
     ] {
         let res = call(&app, method, path, "").await;

@@ -6,6 +6,7 @@ mod connections;
 mod egress;
 mod environments;
 mod extensions;
+mod github;
 mod helpers;
 mod limits;
 mod providers;

@@ -40,7 +40,7 @@ fn files(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
 }
 
 /// Every byte of the files directly in `dir` whose name starts with `prefix`.
-fn bytes_of(dir: &Path, prefix: &str) -> Vec<u8> {
+pub(crate) fn bytes_of(dir: &Path, prefix: &str) -> Vec<u8> {
     let mut out = Vec::new();
     for e in std::fs::read_dir(dir).unwrap().flatten() {
         if e.file_name().to_string_lossy().starts_with(prefix) && e.path().is_file() {
@@ -50,7 +50,7 @@ fn bytes_of(dir: &Path, prefix: &str) -> Vec<u8> {
     out
 }
 
-fn contains(haystack: &[u8], needle: &str) -> bool {
+pub(crate) fn contains(haystack: &[u8], needle: &str) -> bool {
     haystack
         .windows(needle.len())
         .any(|w| w == needle.as_bytes())

@@ -1,0 +1,188 @@
+//! [`FakeGitHub`]: the GitHub REST calls the relay makes, on loopback, in GitHub's shapes:
+//! `GET /user` (401 without the right token; `x-oauth-scopes`, `x-ratelimit-remaining`) and
+//! `GET /user/repos?per_page=&page=` (pages linked with `Link: <…>; rel="next"`).
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::Router;
+use axum::extract::{Query, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Json, Response};
+use serde_json::json;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug)]
+struct Shared {
+    token: String,
+    login: String,
+    repos: usize,
+    base: Mutex<String>,
+    /// A host the last page's `next` link points at instead, if set.
+    next_elsewhere: Mutex<Option<String>>,
+    failing: AtomicBool,
+    authorizations: Mutex<Vec<String>>,
+}
+
+/// The fake; it stops when dropped.
+#[derive(Debug)]
+pub struct FakeGitHub {
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    shutdown: CancellationToken,
+}
+
+impl FakeGitHub {
+    /// Serves user `login`, who owns `repos` repositories (`login/repo-000`, …), to `token`.
+    pub async fn start(token: &str, login: &str, repos: usize) -> std::io::Result<FakeGitHub> {
+        let listener = TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            token: token.into(),
+            login: login.into(),
+            repos,
+            base: Mutex::new(format!("http://{addr}")),
+            next_elsewhere: Mutex::new(None),
+            failing: AtomicBool::new(false),
+            authorizations: Mutex::new(Vec::new()),
+        });
+        let app = Router::new()
+            .route("/user", axum::routing::get(user))
+            .route("/user/repos", axum::routing::get(user_repos))
+            .with_state(shared.clone());
+        let shutdown = CancellationToken::new();
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+        });
+        Ok(FakeGitHub {
+            addr,
+            shared,
+            shutdown,
+        })
+    }
+
+    /// The API's base URL.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every `authorization` header received, in order.
+    pub fn authorizations(&self) -> Vec<String> {
+        lock(&self.shared.authorizations).clone()
+    }
+
+    /// From now on every request is answered 500 (`true`) or served again.
+    pub fn set_failing(&self, failing: bool) {
+        self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// The first page's `next` link points at `base` (another host) instead of this API.
+    pub fn link_elsewhere(&self, base: &str) {
+        *lock(&self.shared.next_elsewhere) = Some(base.to_owned());
+    }
+}
+
+impl Drop for FakeGitHub {
+    fn drop(&mut self) {
+        self.shutdown.cancel();
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Records the request's credentials; an answer when it may not go on.
+fn check(shared: &Shared, headers: &HeaderMap) -> Option<Response> {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    lock(&shared.authorizations).push(auth.clone());
+    if shared.failing.load(Ordering::SeqCst) {
+        return Some(
+            (
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{\"message\":\"Server Error\"}",
+            )
+                .into_response(),
+        );
+    }
+    if auth != format!("Bearer {}", shared.token) {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({"message": "Bad credentials", "documentation_url": "https://docs.github.com/rest"})),
+            )
+                .into_response(),
+        );
+    }
+    None
+}
+
+async fn user(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if let Some(r) = check(&shared, req.headers()) {
+        return r;
+    }
+    let mut res =
+        Json(json!({"login": shared.login, "id": 583231, "type": "User"})).into_response();
+    let h = res.headers_mut();
+    h.insert("x-oauth-scopes", "repo, read:org".parse().unwrap());
+    h.insert("x-ratelimit-remaining", "4999".parse().unwrap());
+    res
+}
+
+async fn user_repos(
+    State(shared): State<Arc<Shared>>,
+    Query(q): Query<HashMap<String, String>>,
+    req: Request,
+) -> Response {
+    if let Some(r) = check(&shared, req.headers()) {
+        return r;
+    }
+    let per_page: usize = q
+        .get("per_page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(30)
+        .clamp(1, 100);
+    let page: usize = q
+        .get("page")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1)
+        .max(1);
+    let start = (page - 1) * per_page;
+    let items: Vec<_> = (start..shared.repos.min(start + per_page))
+        .map(|i| {
+            let name = format!("repo-{i:03}");
+            let full = format!("{}/{name}", shared.login);
+            json!({
+                "id": 1000 + i, "node_id": "R_x", "name": name, "full_name": full,
+                "private": i % 2 == 0, "owner": {"login": shared.login, "type": "User"},
+                "html_url": format!("https://github.com/{full}"),
+                "description": if i % 3 == 0 { json!(null) } else { json!(format!("Repository {i}")) },
+                "clone_url": format!("https://github.com/{full}.git"),
+                "ssh_url": format!("git@github.com:{full}.git"),
+                "default_branch": if i == 0 { "trunk" } else { "main" },
+            })
+        })
+        .collect();
+    let mut res = Json(items).into_response();
+    if start + per_page < shared.repos {
+        let base = lock(&shared.next_elsewhere)
+            .clone()
+            .unwrap_or_else(|| lock(&shared.base).clone());
+        let link = format!(
+            "<{base}/user/repos?per_page={per_page}&page={}>; rel=\"next\", <{base}/user/repos?per_page={per_page}&page=1>; rel=\"first\"",
+            page + 1
+        );
+        res.headers_mut().insert("link", link.parse().unwrap());
+    }
+    res
+}
