@@ -18,7 +18,7 @@ use bollard::models::{
 use bollard::query_parameters::{
     AttachContainerOptionsBuilder, CreateContainerOptionsBuilder, InspectContainerOptions,
     ListContainersOptions, ListImagesOptions, LogsOptions, RemoveContainerOptionsBuilder,
-    StartContainerOptions, StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
+    StopContainerOptionsBuilder, WaitContainerOptionsBuilder,
 };
 use futures_util::{StreamExt, TryStreamExt};
 use relay_sandbox::host::{HostLayout, HostStorage};
@@ -65,6 +65,8 @@ pub struct DockerSandbox {
     forwarder: Option<std::path::PathBuf>,
     /// Sandbox id → its forwarder's port (known from create, or read from its label).
     egress_ports: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<u16>>>>,
+    /// Sandbox id → the start of its forwarder, which pi's stdin waits for.
+    forwarder_starts: forwarder::Starts,
     /// Image id → the entrypoint to use under the hardened flags (see [`strip_fixuid`]).
     entrypoints: std::sync::Arc<std::sync::Mutex<HashMap<String, Option<Vec<String>>>>>,
 }
@@ -128,6 +130,7 @@ impl DockerSandbox {
             storage,
             forwarder: None,
             egress_ports: Default::default(),
+            forwarder_starts: Default::default(),
             entrypoints: Default::default(),
         })
     }
@@ -490,19 +493,17 @@ impl Sandbox for DockerSandbox {
                 }
             })
             .boxed();
+        let input =
+            forwarder::GatedInput::new(attached.input, self.forwarder_starts.clone(), &id.0);
         Ok(SandboxIo {
             output,
-            input: attached.input,
+            input: Box::pin(input),
         })
     }
 
     async fn start(&self, id: &SandboxId) -> Result<(), SandboxError> {
-        self.docker
-            .start_container(id.as_str(), None::<StartContainerOptions>)
-            .await
-            .map_err(|e| map_err(e, "start container"))?;
         // Every start is a new set of processes: the forwarder starts again with them.
-        self.start_forwarder(id).await
+        self.start_with_forwarder(id).await
     }
 
     async fn pause(&self, id: &SandboxId) -> Result<(), SandboxError> {
@@ -533,6 +534,7 @@ impl Sandbox for DockerSandbox {
     }
 
     async fn remove(&self, id: &SandboxId) -> Result<(), SandboxError> {
+        self.forget_forwarder(id);
         let options = RemoveContainerOptionsBuilder::default()
             .force(true)
             .v(true)
