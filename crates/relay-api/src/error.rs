@@ -40,9 +40,11 @@ impl From<SessionError> for ApiError {
         use SessionError::*;
         let msg = e.to_string();
         match e {
-            NotFound | EnvironmentNotFound | SecretNotFound | ExtensionConfigNotFound => {
-                ApiError::Client(StatusCode::NOT_FOUND, msg)
-            }
+            NotFound
+            | EnvironmentNotFound
+            | SecretNotFound
+            | ExtensionConfigNotFound
+            | GitHubAppNotConfigured => ApiError::Client(StatusCode::NOT_FOUND, msg),
             NoDefaultEnvironment | Invalid(_) | InvalidConfigValues(_) | GitHub(_) => {
                 ApiError::Client(StatusCode::BAD_REQUEST, msg)
             }

@@ -1,6 +1,6 @@
 //! `/api/github/*`: the personal access token (checked with GitHub, kept sealed, never
-//! returned), the repositories it can see, and the GitHub App routes, which answer that no App
-//! is connected (App connections are not built yet).
+//! returned), the repositories it can see, and a GitHub App (connected with its id and private
+//! key, which must sign a token GitHub accepts; status; installations).
 
 use axum::Router;
 use axum::extract::State;
@@ -11,6 +11,8 @@ use bytes::Bytes;
 use relay_session::SessionError;
 use relay_session::github::RepoRow;
 use relay_session::github::TokenStatus;
+use relay_session::github_app::AppConnection;
+use secrecy::SecretString;
 use serde_json::{Value, json};
 
 use crate::error::ApiError;
@@ -99,31 +101,72 @@ async fn repos(State(state): State<AppState>) -> Result<Response, ApiError> {
 
 async fn app_status(State(state): State<AppState>) -> Result<Response, ApiError> {
     let pat = state.sessions.github_token_configured().await?;
-    Ok(envelope::ok(json!({
-        "configured": false,
-        "hasPrivateKey": false,
-        "hasWebhookSecret": false,
-        "installationIds": [],
-        "preferredMode": if pat { "pat" } else { "none" },
+    let a = state.sessions.github_app_status().await?;
+    let configured = a.app_id.is_some() && a.has_private_key;
+    let mut data = json!({
+        "configured": configured,
+        "hasPrivateKey": a.has_private_key,
+        "hasWebhookSecret": a.has_webhook_secret,
+        "installationIds": a.installation_ids,
+        "preferredMode": if configured { "github_app" } else if pat { "pat" } else { "none" },
         "patConfigured": pat,
-    })))
+    });
+    if let Some(id) = a.app_id {
+        data["appId"] = json!(id);
+    }
+    match a.app {
+        Ok(Some(app)) => {
+            data["appName"] = app["name"].clone();
+            data["appSlug"] = app["slug"].clone();
+        }
+        Ok(None) => {}
+        Err(why) => data["error"] = json!(why),
+    }
+    Ok(envelope::ok(data))
 }
 
-async fn app_connect() -> Result<Response, ApiError> {
-    Err(ApiError::Client(
-        StatusCode::NOT_IMPLEMENTED,
-        "GitHub App connections are not supported yet; add a personal access token instead".into(),
-    ))
+async fn app_connect(State(state): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let body = json_object(&body)?;
+    let app_id = body
+        .get("appId")
+        .and_then(Value::as_u64)
+        .filter(|n| *n > 0)
+        .ok_or_else(|| ApiError::bad_request("appId is required"))?;
+    let text = |key: &str| {
+        body.get(key)
+            .and_then(Value::as_str)
+            .map(|s| SecretString::from(s.to_owned()))
+    };
+    let private_key =
+        text("privateKey").ok_or_else(|| ApiError::bad_request("privateKey is required"))?;
+    let installation_ids = match body.get("installationIds") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(a)) => a.iter().filter_map(Value::as_u64).collect(),
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "installationIds must be an array of numbers",
+            ));
+        }
+    };
+    let config = state
+        .sessions
+        .connect_github_app(AppConnection {
+            app_id,
+            private_key,
+            webhook_secret: text("webhookSecret"),
+            installation_ids,
+        })
+        .await?;
+    Ok(envelope::ok(json!({"ok": true, "config": config})))
 }
 
-/// Nothing is connected, so nothing is left connected.
-async fn app_disconnect() -> Response {
-    envelope::ok(json!({"ok": true}))
+async fn app_disconnect(State(state): State<AppState>) -> Result<Response, ApiError> {
+    state.sessions.disconnect_github_app().await?;
+    Ok(envelope::ok(json!({"ok": true})))
 }
 
-async fn app_installations() -> Result<Response, ApiError> {
-    Err(ApiError::Client(
-        StatusCode::NOT_FOUND,
-        "GitHub App not configured".into(),
+async fn app_installations(State(state): State<AppState>) -> Result<Response, ApiError> {
+    Ok(envelope::ok(
+        state.sessions.github_app_installations().await?,
     ))
 }

@@ -82,7 +82,7 @@ impl SessionService {
         self.inner.cfg.github_api.trim_end_matches('/')
     }
 
-    async fn github_get(
+    pub(crate) async fn github_get(
         &self,
         url: &str,
         token: &SecretString,

@@ -14,6 +14,7 @@ pub mod extensions;
 pub mod files;
 mod gateway;
 pub mod github;
+pub mod github_app;
 pub mod history;
 mod lifecycle;
 pub mod models;
@@ -334,6 +335,9 @@ pub enum SessionError {
     /// No GitHub token (or App) is configured.
     #[error("GitHub auth not configured. Connect a GitHub App or add a Personal Access Token.")]
     GitHubNotConfigured,
+    /// No GitHub App is connected.
+    #[error("GitHub App not configured")]
+    GitHubAppNotConfigured,
     /// GitHub refused a token or a request, or could not be reached (the message says which).
     #[error("{0}")]
     GitHub(String),

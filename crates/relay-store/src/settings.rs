@@ -50,6 +50,13 @@ impl Store {
         .await
     }
 
+    /// Removes a setting; whether there was one.
+    pub async fn delete_setting(&self, key: &str) -> Result<bool, StoreError> {
+        let key = key.to_owned();
+        self.write(move |tx| Ok(tx.execute("DELETE FROM settings WHERE key = ?1", [key])? > 0))
+            .await
+    }
+
     /// Session `session`'s share link `(token, created_at)`, made with `token` and `now` if it
     /// has none; `None` when the session does not exist.
     pub async fn share(

@@ -1,6 +1,14 @@
 //! [`FakeGitHub`]: the GitHub REST calls the relay makes, on loopback, in GitHub's shapes:
 //! `GET /user` (401 without the right token; `x-oauth-scopes`, `x-ratelimit-remaining`) and
-//! `GET /user/repos?per_page=&page=` (pages linked with `Link: <…>; rel="next"`).
+//! `GET /user/repos?per_page=&page=` (pages linked with `Link: <…>; rel="next"`), and for a
+//! GitHub App `GET /app` and `GET /app/installations`, which take only an RS256 JWT signed with
+//! [`GITHUB_APP_TEST_KEY`] whose `iss` is the App's id.
+
+/// A private key made for these tests only (`keys/`), the fake's App's.
+pub const GITHUB_APP_TEST_KEY: &str = include_str!("../keys/github-app-test.pem");
+const GITHUB_APP_TEST_PUBLIC_KEY: &str = include_str!("../keys/github-app-test.pub.pem");
+/// The fake's App's id.
+pub const GITHUB_APP_TEST_ID: u64 = 424242;
 
 use std::collections::HashMap;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -50,6 +58,8 @@ impl FakeGitHub {
             authorizations: Mutex::new(Vec::new()),
         });
         let app = Router::new()
+            .route("/app", axum::routing::get(app))
+            .route("/app/installations", axum::routing::get(installations))
             .route("/user", axum::routing::get(user))
             .route("/user/repos", axum::routing::get(user_repos))
             .with_state(shared.clone());
@@ -185,4 +195,61 @@ async fn user_repos(
         res.headers_mut().insert("link", link.parse().unwrap());
     }
     res
+}
+
+/// Whether the request carries a JWT of the fake's App, signed with its key and unexpired.
+fn app_authorized(shared: &Shared, headers: &HeaderMap) -> bool {
+    let auth = headers
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    lock(&shared.authorizations).push(auth.to_owned());
+    let Some(jwt) = auth.strip_prefix("Bearer ") else {
+        return false;
+    };
+    let Ok(key) = jsonwebtoken::DecodingKey::from_rsa_pem(GITHUB_APP_TEST_PUBLIC_KEY.as_bytes())
+    else {
+        return false;
+    };
+    let mut rules = jsonwebtoken::Validation::new(jsonwebtoken::Algorithm::RS256);
+    rules.set_issuer(&[GITHUB_APP_TEST_ID.to_string()]);
+    rules.set_required_spec_claims(&["exp", "iat", "iss"]);
+    jsonwebtoken::decode::<serde_json::Value>(jwt, &key, &rules).is_ok()
+}
+
+fn refused() -> Response {
+    (
+        StatusCode::UNAUTHORIZED,
+        Json(json!({"message": "A JSON web token could not be decoded"})),
+    )
+        .into_response()
+}
+
+async fn app(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if !app_authorized(&shared, req.headers()) {
+        return refused();
+    }
+    Json(
+        json!({"id": GITHUB_APP_TEST_ID, "slug": "pi-relay-test", "name": "pi-relay test",
+                "owner": {"login": shared.login}}),
+    )
+    .into_response()
+}
+
+async fn installations(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    if !app_authorized(&shared, req.headers()) {
+        return refused();
+    }
+    let one = |id: u64, login: &str, kind: &str| {
+        json!({"id": id, "account": {"login": login, "type": kind},
+               "repository_selection": "selected",
+               "access_tokens_url": format!("https://api.github.com/app/installations/{id}/access_tokens"),
+               "repositories_url": "https://api.github.com/installation/repositories",
+               "suspended_at": null, "app_id": GITHUB_APP_TEST_ID})
+    };
+    Json(json!([
+        one(11, &shared.login, "User"),
+        one(12, "acme", "Organization")
+    ]))
+    .into_response()
 }

@@ -45,7 +45,7 @@ pub use agent_config::{
     MODEL_ID, PROVIDER_ID, write_pi_agent_config, write_pi_agent_config_with_key,
 };
 pub use completion::Script;
-pub use github::FakeGitHub;
+pub use github::{FakeGitHub, GITHUB_APP_TEST_ID, GITHUB_APP_TEST_KEY};
 pub use npm::{FakePackage, FakeRegistry};
 pub use server::MockLlm;
 pub use teardown::block_on_own_thread;

@@ -2,8 +2,8 @@
 //! token checked, kept sealed and never shown, the repositories of every page, GitHub's errors,
 //! and the App routes saying no App is connected.
 
-use relay_testkit::FakeGitHub;
-use serde_json::{Value, json};
+use relay_testkit::{FakeGitHub, GITHUB_APP_TEST_ID, GITHUB_APP_TEST_KEY};
+use serde_json::json;
 
 use crate::helpers::*;
 use crate::secrets::{bytes_of, contains};
@@ -153,32 +153,116 @@ async fn githubs_errors_are_reported_and_the_token_never_follows_a_link_elsewher
 }
 
 #[tokio::test]
-async fn the_app_routes_say_no_app_is_connected() {
+async fn an_app_is_connected_with_a_key_github_accepts_and_lists_its_installations() {
     let github = FakeGitHub::start(TOKEN, "octocat", 1).await.unwrap();
     let app = app_with(&github).await;
-    let status = |pat: bool| {
+    let status = app.get("/api/github/app/status").await.body["data"].clone();
+    assert_eq!(
+        status,
         json!({"configured": false, "hasPrivateKey": false, "hasWebhookSecret": false,
-               "installationIds": [], "preferredMode": if pat { "pat" } else { "none" },
-               "patConfigured": pat})
-    };
-    assert_eq!(
-        app.get("/api/github/app/status").await.body["data"],
-        status(false)
-    );
-    app.post("/api/github/token", &json!({"token": TOKEN}).to_string())
-        .await;
-    assert_eq!(
-        app.get("/api/github/app/status").await.body["data"],
-        status(true)
+               "installationIds": [], "preferredMode": "none", "patConfigured": false})
     );
     let r = app.get("/api/github/app/installations").await;
     assert_eq!(err(&r), (404, "GitHub App not configured".into()));
+    for (body, expected) in [
+        (
+            json!({"privateKey": GITHUB_APP_TEST_KEY}),
+            "appId is required",
+        ),
+        (
+            json!({"appId": 0, "privateKey": GITHUB_APP_TEST_KEY}),
+            "appId is required",
+        ),
+        (
+            json!({"appId": GITHUB_APP_TEST_ID}),
+            "privateKey is required",
+        ),
+        (
+            json!({"appId": GITHUB_APP_TEST_ID, "privateKey": " "}),
+            "privateKey is required",
+        ),
+    ] {
+        let r = app.post("/api/github/app/connect", &body.to_string()).await;
+        assert_eq!(err(&r), (400, expected.into()), "{body}");
+    }
     let r = app
-        .post("/api/github/app/connect", &json!({"appId": 1}).to_string())
+        .post(
+            "/api/github/app/connect",
+            &json!({"appId": 7, "privateKey": "not a key"}).to_string(),
+        )
         .await;
-    assert_eq!(r.status, 501);
-    assert_eq!(r.body["data"], Value::Null);
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Invalid private key"),
+        "{}",
+        r.body
+    );
+    // A key GitHub does not accept for that App.
+    let r = app
+        .post(
+            "/api/github/app/connect",
+            &json!({"appId": 7, "privateKey": GITHUB_APP_TEST_KEY}).to_string(),
+        )
+        .await;
+    assert_eq!(r.status, 400);
+    assert!(
+        r.body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("GitHub App check failed: 401"),
+        "{}",
+        r.body
+    );
+
+    let body = json!({"appId": GITHUB_APP_TEST_ID, "privateKey": GITHUB_APP_TEST_KEY,
+                      "webhookSecret": "whsec", "installationIds": [11, 11, 0]});
+    let r = app.post("/api/github/app/connect", &body.to_string()).await;
+    assert_eq!(
+        r.body["data"],
+        json!({"ok": true, "config": {"appId": GITHUB_APP_TEST_ID, "installationIds": [11]}})
+    );
+    let status = app.get("/api/github/app/status").await.body["data"].clone();
+    assert_eq!(
+        status,
+        json!({"configured": true, "appId": GITHUB_APP_TEST_ID, "appName": "pi-relay test",
+               "appSlug": "pi-relay-test", "hasPrivateKey": true, "hasWebhookSecret": true,
+               "installationIds": [11], "preferredMode": "github_app", "patConfigured": false})
+    );
+    let r = app.get("/api/github/app/installations").await;
+    assert_eq!(
+        r.body["data"],
+        json!([{"id": 11, "account": {"login": "octocat", "type": "User"},
+                "repositorySelection": "selected",
+                "accessTokensUrl": "https://api.github.com/app/installations/11/access_tokens",
+                "repositoriesUrl": "https://api.github.com/installation/repositories",
+                "suspendedAt": null}])
+    );
+    // The key is nowhere to be read: not in settings, not in the database files.
+    let settings = app.get("/api/settings").await.body.to_string();
+    assert!(!settings.contains("github_app_config") && !settings.contains("PRIVATE KEY"));
+    app.relay
+        .as_ref()
+        .unwrap()
+        .sessions()
+        .flush()
+        .await
+        .unwrap();
+    let db = bytes_of(&app.dir.path().join("data"), "relay.db");
+    let key_line = GITHUB_APP_TEST_KEY.lines().nth(1).unwrap();
+    assert!(
+        !contains(&db, key_line),
+        "the App's key is stored in plain text"
+    );
+    assert!(!contains(&db, "whsec"));
+
     let r = app.delete("/api/github/app/connect").await;
     assert_eq!(r.body["data"], json!({"ok": true}));
+    let status = app.get("/api/github/app/status").await.body["data"].clone();
+    assert_eq!(status["configured"], false);
+    assert_eq!(status["hasPrivateKey"], false);
+    assert_eq!(status["hasWebhookSecret"], false);
     app.shutdown().await;
 }
