@@ -87,8 +87,8 @@ async fn delete_token(State(state): State<AppState>) -> Result<Response, ApiErro
 
 async fn repos(State(state): State<AppState>) -> Result<Response, ApiError> {
     match state.sessions.github_repos().await {
-        Ok(repos) => Ok(envelope::ok(json!({
-            "mode": "pat",
+        Ok((source, repos)) => Ok(envelope::ok(json!({
+            "mode": source.as_str(),
             "repos": repos.into_iter().map(repo_view).collect::<Vec<_>>(),
         }))),
         // What GitHub said is worth telling; the protocol answers it with 500.

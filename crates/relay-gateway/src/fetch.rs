@@ -1,5 +1,5 @@
 //! The relay's own requests to the outside world (the npm registry, for the packages catalogue
-//! and package manifests): GET only, through the same dialer as the gateway (the operator's name
+//! and package manifests; GitHub's API): requests without a body, through the same dialer as the gateway (the operator's name
 //! mappings, upstream proxy and extra CA), with a deadline and a bounded body.
 
 use std::time::Duration;
@@ -64,13 +64,16 @@ impl Gateway {
         max: usize,
         within: Duration,
     ) -> Result<Fetched, FetchError> {
-        self.fetch_with(url, &[], max, within).await
+        self.request(hyper::Method::GET, url, &[], max, within)
+            .await
     }
 
-    /// [`Gateway::fetch`] with more request headers (which replace the defaults of the same
-    /// name); an `authorization` value is marked sensitive.
-    pub async fn fetch_with(
+    /// [`Gateway::fetch`] with another method (the body is empty) and more request headers
+    /// (which replace the defaults of the same name); an `authorization` value is marked
+    /// sensitive.
+    pub async fn request(
         &self,
+        method: hyper::Method,
         url: &str,
         headers: &[(&str, &str)],
         max: usize,
@@ -82,7 +85,9 @@ impl Gateway {
         if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
             return Err(FetchError::BadUrl(url.to_owned()));
         }
-        let mut request = Request::get(uri)
+        let mut request = Request::builder()
+            .method(method)
+            .uri(uri)
             .header(hyper::header::ACCEPT, "application/json")
             .header(
                 hyper::header::USER_AGENT,

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 pub use connect::error_chain;
 pub use dial::{DialConfig, DialError, UpstreamProxy};
 pub use fetch::{FetchError, Fetched};
+pub use hyper::Method;
 pub use intercept::{Authority, AuthorityError, DomainSecret};
 pub use policy::{EgressMode, EgressPolicy, HostPattern};
 pub use provider::{ApiKind, ProviderRoute, Routes, Upstream};

@@ -87,6 +87,17 @@ impl SessionService {
         url: &str,
         token: &SecretString,
     ) -> Result<relay_gateway::Fetched, SessionError> {
+        self.github_call(relay_gateway::Method::GET, url, token)
+            .await
+    }
+
+    /// A request without a body to GitHub's API with `token`.
+    pub(crate) async fn github_call(
+        &self,
+        method: relay_gateway::Method,
+        url: &str,
+        token: &SecretString,
+    ) -> Result<relay_gateway::Fetched, SessionError> {
         let auth = format!("Bearer {}", token.expose_secret());
         let headers = [
             ("authorization", auth.as_str()),
@@ -95,7 +106,7 @@ impl SessionService {
         ];
         self.inner
             .gateway
-            .fetch_with(url, &headers, MAX_ANSWER, API_TIMEOUT)
+            .request(method, url, &headers, MAX_ANSWER, API_TIMEOUT)
             .await
             .map_err(|e| {
                 SessionError::GitHub(format!(
@@ -190,19 +201,18 @@ impl SessionService {
         Ok(self.inner.store.credential(TOKEN_ID).await?.is_some())
     }
 
-    /// The repositories the token can see, every page, recorded for code sessions.
-    pub async fn github_repos(&self) -> Result<Vec<RepoRow>, SessionError> {
-        let token = self
-            .github_token()
-            .await?
-            .ok_or(SessionError::GitHubNotConfigured)?;
+    /// The repositories GitHub lists from `url` on, every page on the same API (the token goes
+    /// nowhere else): a page is an array, or an object holding one under `field`.
+    pub(crate) async fn repo_pages(
+        &self,
+        mut url: String,
+        token: &SecretString,
+        field: Option<&str>,
+    ) -> Result<Vec<RepoRow>, SessionError> {
         let api = self.github_api().to_owned();
-        let mut url = format!(
-            "{api}/user/repos?per_page=100&affiliation=owner,collaborator,organization_member&sort=full_name"
-        );
         let mut repos = Vec::new();
         for _ in 0..MAX_PAGES {
-            let got = self.github_get(&url, &token).await?;
+            let got = self.github_get(&url, token).await?;
             if got.status != 200 {
                 let body =
                     String::from_utf8_lossy(&got.body[..got.body.len().min(500)]).into_owned();
@@ -214,14 +224,17 @@ impl SessionService {
             let page: Value = serde_json::from_slice(&got.body).map_err(|_| {
                 SessionError::GitHub("GitHub API error: the repositories are not JSON".into())
             })?;
-            repos.extend(page.as_array().into_iter().flatten().filter_map(repo_of));
+            let list = match field {
+                Some(f) => &page[f],
+                None => &page,
+            };
+            repos.extend(list.as_array().into_iter().flatten().filter_map(repo_of));
             let next = got
                 .headers
                 .get("link")
                 .and_then(|v| v.to_str().ok())
                 .and_then(next_link);
             match next {
-                // The token goes only to the API it was given for.
                 Some(n) if n.starts_with(&format!("{api}/")) => url = n.to_owned(),
                 Some(n) => {
                     tracing::warn!(
@@ -233,11 +246,66 @@ impl SessionService {
                 None => break,
             }
         }
+        Ok(repos)
+    }
+
+    /// The repositories the relay can reach, recorded for code sessions: the GitHub App's
+    /// installations' when an App is connected (the personal access token's if that fails), else
+    /// the token's. Also which of the two answered.
+    pub async fn github_repos(&self) -> Result<(RepoSource, Vec<RepoRow>), SessionError> {
+        let app_failure = match self.github_app_repos().await {
+            Ok(Some(repos)) => return self.recorded(RepoSource::App, repos).await,
+            Ok(None) => None,
+            Err(e) => {
+                tracing::warn!(error = %e, "the GitHub App's repositories could not be listed; trying the token");
+                Some(e)
+            }
+        };
+        let Some(token) = self.github_token().await? else {
+            return Err(match app_failure {
+                Some(e) => SessionError::GitHub(format!(
+                    "{e} PAT fallback is not configured, so the operation cannot continue."
+                )),
+                None => SessionError::GitHubNotConfigured,
+            });
+        };
+        let url = format!(
+            "{}/user/repos?per_page=100&affiliation=owner,collaborator,organization_member&sort=full_name",
+            self.github_api()
+        );
+        let repos = self.repo_pages(url, &token, None).await?;
+        self.recorded(RepoSource::Token, repos).await
+    }
+
+    async fn recorded(
+        &self,
+        source: RepoSource,
+        repos: Vec<RepoRow>,
+    ) -> Result<(RepoSource, Vec<RepoRow>), SessionError> {
         self.inner
             .store
             .upsert_repos(repos.clone(), &relay_hub::timestamp())
             .await?;
-        Ok(repos)
+        Ok((source, repos))
+    }
+}
+
+/// Which credential listed repositories.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RepoSource {
+    /// The personal access token (`pat`).
+    Token,
+    /// The GitHub App's installations (`github_app`).
+    App,
+}
+
+impl RepoSource {
+    /// The protocol's name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RepoSource::Token => "pat",
+            RepoSource::App => "github_app",
+        }
     }
 }
 

@@ -3,7 +3,10 @@
 //! credentials. The relay proves it is the App with a short-lived RS256 JWT (`iss` = the App's
 //! id), checked against `GET /app` when it connects.
 
+use std::time::{Duration, SystemTime};
+
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use relay_store::RepoRow;
 use secrecy::{ExposeSecret, SecretString};
 use serde_json::{Value, json};
 
@@ -15,6 +18,13 @@ const CONFIG_KEY: &str = "github_app_config";
 const KEY_ID: &str = "relay-credential:github-app-private-key";
 /// The App's webhook secret among the relay's credentials.
 const WEBHOOK_ID: &str = "relay-credential:github-app-webhook-secret";
+
+/// An installation token is renewed when it has less than this left (GitHub gives an hour).
+const RENEW_BEFORE: Duration = Duration::from_secs(5 * 60);
+
+/// Installation id → its token and when it expires.
+pub(crate) type InstallationTokens =
+    tokio::sync::Mutex<std::collections::HashMap<u64, (SecretString, SystemTime)>>;
 
 /// An App to connect.
 #[derive(Debug)]
@@ -211,5 +221,82 @@ impl SessionService {
                 })
             })
             .collect())
+    }
+
+    /// A token of installation `installation`: kept while it has more than five minutes left,
+    /// else asked of GitHub (`POST /app/installations/:id/access_tokens`).
+    pub(crate) async fn installation_token(
+        &self,
+        app_id: u64,
+        key: &EncodingKey,
+        installation: u64,
+    ) -> Result<SecretString, SessionError> {
+        let mut tokens = self.inner.installation_tokens.lock().await;
+        if let Some((token, expires)) = tokens.get(&installation)
+            && SystemTime::now() + RENEW_BEFORE < *expires
+        {
+            return Ok(token.clone());
+        }
+        let jwt = SecretString::from(app_jwt(app_id, key, now())?);
+        let url = format!(
+            "{}/app/installations/{installation}/access_tokens",
+            self.inner.cfg.github_api.trim_end_matches('/')
+        );
+        let got = self
+            .github_call(relay_gateway::Method::POST, &url, &jwt)
+            .await?;
+        let v: Value = serde_json::from_slice(&got.body).unwrap_or(Value::Null);
+        let (Some(token), Some(expires)) = (
+            v["token"].as_str().filter(|_| got.status == 201),
+            v["expires_at"]
+                .as_str()
+                .and_then(|e| humantime::parse_rfc3339_weak(e).ok()),
+        ) else {
+            let body = String::from_utf8_lossy(&got.body[..got.body.len().min(500)]).into_owned();
+            return Err(SessionError::GitHub(format!(
+                "GitHub App token for installation {installation} refused: {} {body}",
+                got.status
+            )));
+        };
+        let token = SecretString::from(token.to_owned());
+        tokens.insert(installation, (token.clone(), expires));
+        Ok(token)
+    }
+
+    /// The repositories of the App's installations (the configured ones, else all), sorted by
+    /// full name; `None` when no App is connected.
+    pub(crate) async fn github_app_repos(&self) -> Result<Option<Vec<RepoRow>>, SessionError> {
+        let (Some((app_id, configured)), Some(pem)) =
+            (self.app_config().await?, self.app_credential(KEY_ID).await?)
+        else {
+            return Ok(None);
+        };
+        let key = key_of(&pem)?;
+        let ids: Vec<u64> = if configured.is_empty() {
+            self.app_get("/app/installations?per_page=100", app_id, &key)
+                .await?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|i| i["id"].as_u64())
+                .collect()
+        } else {
+            configured
+        };
+        let mut repos: Vec<RepoRow> = Vec::new();
+        for id in ids {
+            let token = self.installation_token(app_id, &key, id).await?;
+            let url = format!(
+                "{}/installation/repositories?per_page=100",
+                self.inner.cfg.github_api.trim_end_matches('/')
+            );
+            for r in self.repo_pages(url, &token, Some("repositories")).await? {
+                if !repos.iter().any(|have| have.id == r.id) {
+                    repos.push(r);
+                }
+            }
+        }
+        repos.sort_by(|a, b| a.full_name.cmp(&b.full_name));
+        Ok(Some(repos))
     }
 }

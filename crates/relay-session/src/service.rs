@@ -56,6 +56,8 @@ pub(crate) struct Inner {
     images: Mutex<HashMap<String, String>>,
     /// The npm registry's pi packages.
     pub(crate) packages: crate::packages::Packages,
+    /// GitHub App installation tokens, kept until shortly before they expire.
+    pub(crate) installation_tokens: crate::github_app::InstallationTokens,
     pub(crate) tasks: TaskTracker,
     pub(crate) cancel: CancellationToken,
 }
@@ -90,6 +92,7 @@ impl SessionService {
         );
         let inner = Arc::new(Inner {
             packages,
+            installation_tokens: Default::default(),
             store,
             sandbox,
             hubs,

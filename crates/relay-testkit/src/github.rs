@@ -33,6 +33,10 @@ struct Shared {
     next_elsewhere: Mutex<Option<String>>,
     failing: AtomicBool,
     authorizations: Mutex<Vec<String>>,
+    /// Installation tokens given out: `(installation, token)`.
+    minted: Mutex<Vec<(u64, String)>>,
+    /// How long an installation token lasts, in seconds.
+    token_lifetime: std::sync::atomic::AtomicU64,
 }
 
 /// The fake; it stops when dropped.
@@ -56,10 +60,20 @@ impl FakeGitHub {
             next_elsewhere: Mutex::new(None),
             failing: AtomicBool::new(false),
             authorizations: Mutex::new(Vec::new()),
+            minted: Mutex::new(Vec::new()),
+            token_lifetime: std::sync::atomic::AtomicU64::new(3600),
         });
         let app = Router::new()
             .route("/app", axum::routing::get(app))
             .route("/app/installations", axum::routing::get(installations))
+            .route(
+                "/app/installations/{id}/access_tokens",
+                axum::routing::post(access_token),
+            )
+            .route(
+                "/installation/repositories",
+                axum::routing::get(installation_repos),
+            )
             .route("/user", axum::routing::get(user))
             .route("/user/repos", axum::routing::get(user_repos))
             .with_state(shared.clone());
@@ -90,6 +104,16 @@ impl FakeGitHub {
     /// From now on every request is answered 500 (`true`) or served again.
     pub fn set_failing(&self, failing: bool) {
         self.shared.failing.store(failing, Ordering::SeqCst);
+    }
+
+    /// Installation tokens given out so far, `(installation, token)`.
+    pub fn minted(&self) -> Vec<(u64, String)> {
+        lock(&self.shared.minted).clone()
+    }
+
+    /// Installation tokens given from now on last `seconds` (GitHub's last an hour).
+    pub fn set_token_lifetime(&self, seconds: u64) {
+        self.shared.token_lifetime.store(seconds, Ordering::SeqCst);
     }
 
     /// The first page's `next` link points at `base` (another host) instead of this API.
@@ -252,4 +276,61 @@ async fn installations(State(shared): State<Arc<Shared>>, req: Request) -> Respo
         one(12, "acme", "Organization")
     ]))
     .into_response()
+}
+
+async fn access_token(
+    State(shared): State<Arc<Shared>>,
+    axum::extract::Path(id): axum::extract::Path<u64>,
+    req: Request,
+) -> Response {
+    if !app_authorized(&shared, req.headers()) {
+        return refused();
+    }
+    if ![11, 12].contains(&id) {
+        return (StatusCode::NOT_FOUND, Json(json!({"message": "Not Found"}))).into_response();
+    }
+    let mut minted = lock(&shared.minted);
+    let token = format!("ghs_{id}_{}", minted.len());
+    minted.push((id, token.clone()));
+    let lifetime = shared.token_lifetime.load(Ordering::SeqCst);
+    let expires = std::time::SystemTime::now() + std::time::Duration::from_secs(lifetime);
+    (
+        StatusCode::CREATED,
+        Json(json!({"token": token, "expires_at": humantime::format_rfc3339_seconds(expires).to_string(),
+                    "permissions": {"contents": "write"}, "repository_selection": "selected"})),
+    )
+        .into_response()
+}
+
+async fn installation_repos(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let auth = req
+        .headers()
+        .get("authorization")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_owned();
+    lock(&shared.authorizations).push(auth.clone());
+    let installation = lock(&shared.minted)
+        .iter()
+        .find(|(_, t)| auth == format!("Bearer {t}"))
+        .map(|(i, _)| *i);
+    let Some(installation) = installation else {
+        return refused();
+    };
+    let (owner, n) = if installation == 11 {
+        (shared.login.clone(), 3)
+    } else {
+        ("acme".to_owned(), 2)
+    };
+    let repos: Vec<_> = (0..n)
+        .map(|i| {
+            let full = format!("{owner}/app-{i}");
+            json!({"id": installation * 100 + i, "name": format!("app-{i}"), "full_name": full,
+                   "private": true, "owner": {"login": owner},
+                   "html_url": format!("https://github.com/{full}"),
+                   "clone_url": format!("https://github.com/{full}.git"),
+                   "ssh_url": format!("git@github.com:{full}.git"), "default_branch": "main"})
+        })
+        .collect();
+    Json(json!({"total_count": n, "repositories": repos})).into_response()
 }

@@ -266,3 +266,81 @@ async fn an_app_is_connected_with_a_key_github_accepts_and_lists_its_installatio
     assert_eq!(status["hasWebhookSecret"], false);
     app.shutdown().await;
 }
+
+async fn connect_app(app: &TestApp, installations: serde_json::Value) {
+    let body = json!({"appId": GITHUB_APP_TEST_ID, "privateKey": GITHUB_APP_TEST_KEY,
+                      "installationIds": installations});
+    let r = app.post("/api/github/app/connect", &body.to_string()).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+#[tokio::test]
+async fn with_an_app_repositories_come_from_its_installations_with_tokens_kept_and_renewed() {
+    let github = FakeGitHub::start(TOKEN, "octocat", 5).await.unwrap();
+    let app = app_with(&github).await;
+    connect_app(&app, json!([])).await;
+    let r = app.get("/api/github/repos").await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert_eq!(r.body["data"]["mode"], "github_app");
+    let names: Vec<&str> = r.body["data"]["repos"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["fullName"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "acme/app-0",
+            "acme/app-1",
+            "octocat/app-0",
+            "octocat/app-1",
+            "octocat/app-2"
+        ],
+        "both installations, sorted"
+    );
+    // An hour-long token is kept: listing again mints none.
+    assert_eq!(github.minted().len(), 2);
+    app.get("/api/github/repos").await;
+    assert_eq!(github.minted().len(), 2);
+    app.shutdown().await;
+
+    // Tokens about to expire (GitHub gives a minute here) are renewed before use.
+    let github = FakeGitHub::start(TOKEN, "octocat", 5).await.unwrap();
+    github.set_token_lifetime(60);
+    let app = app_with(&github).await;
+    connect_app(&app, json!([11])).await;
+    app.get("/api/github/repos").await;
+    app.get("/api/github/repos").await;
+    let minted = github.minted();
+    assert_eq!(minted.len(), 2, "{minted:?}");
+    assert!(
+        minted.iter().all(|(i, _)| *i == 11),
+        "only the configured installation"
+    );
+    // Installation tokens never reach another route's answer.
+    let status = app.get("/api/github/app/status").await.body.to_string();
+    assert!(minted.iter().all(|(_, t)| !status.contains(t.as_str())));
+    app.shutdown().await;
+}
+
+#[tokio::test]
+async fn when_the_app_fails_the_token_lists_repositories_and_without_one_the_error_says_so() {
+    let github = FakeGitHub::start(TOKEN, "octocat", 2).await.unwrap();
+    let app = app_with(&github).await;
+    connect_app(&app, json!([99])).await; // an installation GitHub does not have
+    let r = app.get("/api/github/repos").await;
+    assert_eq!(r.status, 500);
+    let e = r.body["error"].as_str().unwrap();
+    assert!(
+        e.contains("installation 99")
+            && e.ends_with("PAT fallback is not configured, so the operation cannot continue."),
+        "{e}"
+    );
+    app.post("/api/github/token", &json!({"token": TOKEN}).to_string())
+        .await;
+    let r = app.get("/api/github/repos").await;
+    assert_eq!(r.body["data"]["mode"], "pat");
+    assert_eq!(r.body["data"]["repos"].as_array().unwrap().len(), 2);
+    app.shutdown().await;
+}
